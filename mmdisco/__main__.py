@@ -1,0 +1,3 @@
+from mmdisco.cli import main
+
+main()

@@ -1,0 +1,262 @@
+"""Tiny single-modal diffusion bases for the embedded default, built from diffusers UNets.
+
+Notation (README, "The method"): ``x_t = sqrt(ᾱ_t) x_0 + σ_t ε`` with ``σ_t = sqrt(1 − ᾱ_t)``.
+The network may predict ε or the velocity ``v = sqrt(ᾱ_t) ε − σ_t x_0`` (Salimans & Ho 2022,
+https://arxiv.org/abs/2202.00512); ``eps`` always returns ε, converted exactly by
+``ε = sqrt(ᾱ_t) v + σ_t x_t``.
+
+Layouts: audio latent ``[N, C, T, M]``, video latent ``[N, F, C, H, W]``. The ``unet2d`` arch
+folds ``patch × patch`` pixels (and, for video, the frames) into channels; ``unet1d`` (audio
+only) runs over time with ``C × M`` channels.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, UNet1DModel, UNet2DModel
+from einops import rearrange
+
+from mmdisco.bases.protocol import sigma, sqrt_alpha_bar
+from mmdisco.config import ConfigError, _opt, to_dict
+from mmdisco.io import atomic_path, write_json
+
+KIND = "tiny"
+CONFIG_FILE = "base.json"
+UNET_DIR = "unet"
+SCHEDULERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
+
+
+@dataclass(frozen=True)
+class TinyBaseConfig:
+    """Architecture and parameterisation of one tiny base model."""
+
+    arch: str = _opt("unet2d", choices=("unet2d", "unet1d"),
+                     doc="unet2d: diffusers UNet2DModel (frames and patches as channels); "
+                         "unet1d: UNet1DModel over time, mel bins as channels (audio only)")
+    channels: tuple[int, ...] = _opt((64, 128), doc="width of each resolution level")
+    layers_per_block: int = _opt(1, lo=1, hi=4, doc="resnet layers per level")
+    attn_levels: tuple[int, ...] = _opt((), doc="levels (0 = finest) with self-attention (unet2d)")
+    mid_attention: bool = _opt(True, doc="self-attention in the middle block (unet2d)")
+    attn_head_dim: int = _opt(32, lo=4, doc="channels per attention head (unet2d)")
+    norm_groups: int = _opt(16, lo=1, doc="GroupNorm groups (unet1d always uses 8)")
+    patch: int = _opt(2, lo=1, hi=8, doc="pixels per side folded into channels (unet2d)")
+    prediction_type: str = _opt("v_prediction", choices=("v_prediction", "epsilon"),
+                                doc="what the network outputs; eps() always returns ε")
+    beta_schedule: str = _opt("squaredcos_cap_v2",
+                              choices=("squaredcos_cap_v2", "linear", "scaled_linear"),
+                              doc="noise schedule (Nichol & Dhariwal 2021 cosine by default)")
+    num_train_timesteps: int = _opt(1000, lo=2, hi=100000)
+    clip_sample: bool = _opt(True, doc="schedulers clip x0 predictions to [-1, 1] (latents live there)")
+
+    def validate(self, key: str) -> None:
+        if not self.channels:
+            raise ConfigError(f"{key}.channels must list at least one width")
+        for i, c in enumerate(self.channels):
+            groups = 8 if self.arch == "unet1d" else self.norm_groups
+            if c < 1 or c % groups:
+                raise ConfigError(f"{key}.channels[{i}] = {c} must be a positive multiple of "
+                                  f"{'8 (unet1d GroupNorm)' if self.arch == 'unet1d' else key + '.norm_groups'}"
+                                  f" ({groups})")
+        bad = [lv for lv in self.attn_levels if not 0 <= lv < len(self.channels)]
+        if bad:
+            raise ConfigError(f"{key}.attn_levels {bad} must index {key}.channels "
+                              f"(0 … {len(self.channels) - 1})")
+        if self.arch == "unet2d" and any(c % self.attn_head_dim for c in self.channels):
+            raise ConfigError(f"{key}.attn_head_dim ({self.attn_head_dim}) must divide every "
+                              f"width in {key}.channels {tuple(self.channels)}")
+
+
+def check_config(cfg: TinyBaseConfig, key: str = "base") -> TinyBaseConfig:
+    """Run the dataclass checks on a config built in code (``build`` runs them on files)."""
+    from mmdisco.config import _check_range  # the same rules a params file goes through
+    import dataclasses
+    for f in dataclasses.fields(cfg):
+        _check_range(getattr(cfg, f.name), dict(f.metadata), f"{key}.{f.name}")
+    cfg.validate(key)
+    return cfg
+
+
+def modality_of(latent_shape: tuple[int, ...]) -> str:
+    """Audio latents are ``(C, T, M)``, video latents ``(F, C, H, W)``."""
+    if len(latent_shape) == 3:
+        return "audio"
+    if len(latent_shape) == 4:
+        return "video"
+    raise ValueError(f"latent shape {tuple(latent_shape)} is neither audio (C, T, M) nor "
+                     f"video (F, C, H, W)")
+
+
+def check_shape(cfg: TinyBaseConfig, latent_shape: tuple[int, ...], key: str = "base") -> None:
+    """Refuse a latent shape the architecture cannot divide down to its coarsest level."""
+    modality = modality_of(latent_shape)
+    levels = len(cfg.channels)
+    if cfg.arch == "unet1d":
+        if modality != "audio":
+            raise ConfigError(f"{key}.arch 'unet1d' is for audio latents (C, T, M); got "
+                              f"{modality} latents {tuple(latent_shape)}: use 'unet2d'")
+        sizes = {"T": latent_shape[1]}
+        factor = 2 ** (levels - 1)
+    else:
+        sizes = dict(zip("HW", latent_shape[-2:])) if modality == "video" else \
+            dict(zip("TM", latent_shape[-2:]))
+        factor = cfg.patch * 2 ** (levels - 1)
+    for name, n in sizes.items():
+        if n % factor:
+            raise ConfigError(f"latent axis {name} = {n} must be divisible by {factor} "
+                              f"({key}.patch × 2^(len({key}.channels) − 1)); change "
+                              f"{key}.channels or {key}.patch")
+
+
+def build_unet(cfg: TinyBaseConfig, latent_shape: tuple[int, ...]) -> torch.nn.Module:
+    """A freshly initialised diffusers UNet for latents of ``latent_shape``."""
+    check_shape(cfg, latent_shape)
+    if cfg.arch == "unet1d":
+        c, _, m = latent_shape
+        n = len(cfg.channels)
+        return UNet1DModel(
+            in_channels=c * m, out_channels=c * m, block_out_channels=tuple(cfg.channels),
+            down_block_types=("DownResnetBlock1D",) * n, up_block_types=("UpResnetBlock1D",) * (n - 1),
+            mid_block_type="MidResTemporalBlock1D", out_block_type="OutConv1DBlock",
+            layers_per_block=cfg.layers_per_block, use_timestep_embedding=True,
+            time_embedding_type="positional", flip_sin_to_cos=False, freq_shift=1.0,
+            act_fn="mish", norm_num_groups=8, extra_in_channels=0, sample_size=latent_shape[1])
+    ch = _folded_channels(cfg, latent_shape)
+    size = [s // cfg.patch for s in latent_shape[-2:]]
+    down = tuple("AttnDownBlock2D" if i in cfg.attn_levels else "DownBlock2D"
+                 for i in range(len(cfg.channels)))
+    up = tuple("AttnUpBlock2D" if i in cfg.attn_levels else "UpBlock2D"
+               for i in reversed(range(len(cfg.channels))))
+    return UNet2DModel(
+        sample_size=tuple(size), in_channels=ch, out_channels=ch,
+        block_out_channels=tuple(cfg.channels), down_block_types=down, up_block_types=up,
+        layers_per_block=cfg.layers_per_block, norm_num_groups=cfg.norm_groups,
+        attention_head_dim=cfg.attn_head_dim, add_attention=cfg.mid_attention)
+
+
+def _folded_channels(cfg: TinyBaseConfig, latent_shape: tuple[int, ...]) -> int:
+    return math.prod(latent_shape[:-2]) * cfg.patch ** 2
+
+
+def make_scheduler(cfg: TinyBaseConfig, kind: str):
+    """A fresh diffusers scheduler for this schedule, stepping on ε (what ``eps`` returns)."""
+    if kind not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler kind {kind!r}; choose one of {', '.join(SCHEDULERS)}")
+    return SCHEDULERS[kind](
+        num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+        prediction_type="epsilon", clip_sample=cfg.clip_sample, clip_sample_range=1.0,
+        timestep_spacing="trailing")
+
+
+class TinyBase(torch.nn.Module):
+    """A tiny diffusers UNet seen through the ``BaseModel`` protocol (ε out, any parameterisation inside)."""
+
+    def __init__(self, cfg: TinyBaseConfig, latent_shape: tuple[int, ...],
+                 unet: torch.nn.Module | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.latent_shape = tuple(int(s) for s in latent_shape)
+        self.modality = modality_of(self.latent_shape)
+        self.num_train_timesteps = cfg.num_train_timesteps
+        self.unet = unet if unet is not None else build_unet(cfg, self.latent_shape)
+        self._alpha_bar = make_scheduler(cfg, "ddpm").alphas_cumprod.to(torch.float64)
+
+    # ------------------------------------------------------------------ protocol
+    def alphas_cumprod(self) -> torch.Tensor:
+        """``ᾱ_t`` for t = 0 … T − 1 (float64 CPU), exactly the schedulers' values."""
+        return self._alpha_bar.clone()
+
+    def make_scheduler(self, kind: str):
+        return make_scheduler(self.cfg, kind)
+
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """ε prediction; a v-predicting network is converted by ``ε = sqrt(ᾱ_t) v + σ_t x_t``."""
+        if cond is not None:
+            raise ValueError("tiny bases are unconditional; pass cond=None")
+        return self.output_to_eps(self.forward(x_t, t), x_t, t)
+
+    # ------------------------------------------------------------------ network
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The raw network output (ε or v, per ``cfg.prediction_type``) in the latent layout."""
+        self._check_input(x_t, t)
+        t = t.to(x_t.device).long()
+        if self.cfg.arch == "unet1d":
+            out = self.unet(rearrange(x_t, "n c t m -> n (c m) t"), t).sample
+            return rearrange(out, "n (c m) t -> n c t m", c=self.latent_shape[0])
+        p = self.cfg.patch
+        if self.modality == "video":
+            h = rearrange(x_t, "n f c (h p1) (w p2) -> n (f c p1 p2) h w", p1=p, p2=p)
+            out = self.unet(h, t).sample
+            f, c = self.latent_shape[:2]
+            return rearrange(out, "n (f c p1 p2) h w -> n f c (h p1) (w p2)", f=f, c=c, p1=p, p2=p)
+        h = rearrange(x_t, "n c (t p1) (m p2) -> n (c p1 p2) t m", p1=p, p2=p)
+        out = self.unet(h, t).sample
+        return rearrange(out, "n (c p1 p2) t m -> n c (t p1) (m p2)", p1=p, p2=p)
+
+    def output_to_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Convert a network output to ε exactly (identity for ε-prediction)."""
+        if self.cfg.prediction_type == "epsilon":
+            return out
+        return sqrt_alpha_bar(self._alpha_bar, t, x_t) * out + sigma(self._alpha_bar, t, x_t) * x_t
+
+    def _check_input(self, x_t: torch.Tensor, t: torch.Tensor) -> None:
+        if tuple(x_t.shape[1:]) != self.latent_shape:
+            raise ValueError(f"{self.modality} base expects latents of shape [N, "
+                             f"{', '.join(map(str, self.latent_shape))}], got {list(x_t.shape)}")
+        if t.ndim != 1 or t.shape[0] != x_t.shape[0]:
+            raise ValueError(f"t must have shape [N] = [{x_t.shape[0]}], got {list(t.shape)}")
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.unet.parameters())
+
+    # ------------------------------------------------------------------ storage
+    def describe(self) -> dict:
+        """The json config saved beside the weights (``kind`` keys the factory)."""
+        return {"kind": KIND, "modality": self.modality, "latent_shape": list(self.latent_shape),
+                "prediction_type": self.cfg.prediction_type, "model": to_dict(self.cfg),
+                "scheduler": dict(self.make_scheduler("ddim").config),
+                "num_parameters": self.num_parameters()}
+
+    def save(self, path: str | Path) -> None:
+        """Write ``unet/`` (save_pretrained) then ``base.json`` (with a weights hash), each atomically."""
+        path = Path(path)
+        with atomic_path(path / UNET_DIR) as tmp:
+            self.unet.save_pretrained(tmp, safe_serialization=True)
+        write_json(path / CONFIG_FILE, {**self.describe(), "weights_sha256": _weights_hash(path)})
+
+    @classmethod
+    def load(cls, path: str | Path, meta: dict) -> "TinyBase":
+        """Rebuild from a folder written by ``save``; the weights must match the recorded hash."""
+        from mmdisco.config import build
+        path = Path(path)
+        cfg = build(TinyBaseConfig, meta["model"], f"{path / CONFIG_FILE}:model")
+        if _weights_hash(path) != meta.get("weights_sha256"):
+            raise ValueError(f"{path / UNET_DIR} does not match {path / CONFIG_FILE} (an "
+                             f"interrupted write?); retrain the base (`dvc repro`)")
+        unet_cls = UNet1DModel if cfg.arch == "unet1d" else UNet2DModel
+        unet = unet_cls.from_pretrained(path / UNET_DIR)
+        base = cls(cfg, tuple(meta["latent_shape"]), unet=unet)
+        return base.eval().requires_grad_(False)
+
+
+def _weights_hash(path: Path) -> str:
+    files = sorted((path / UNET_DIR).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no weights under {path / UNET_DIR}; retrain the base")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def read_meta(path: str | Path) -> dict:
+    """The ``base.json`` of a saved base model folder."""
+    f = Path(path) / CONFIG_FILE
+    if not f.is_file():
+        raise FileNotFoundError(f"{f} is missing: '{path}' is not a saved base model folder; "
+                                f"train it first (`dvc repro train_base_audio train_base_video`)")
+    return json.loads(f.read_text())

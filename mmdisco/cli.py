@@ -1,0 +1,23 @@
+"""The `mmdisco` command: one subcommand per pipeline stage (what `dvc.yaml` runs)."""
+from __future__ import annotations
+
+import click
+
+from stages import acquire, encode, evaluate, extract_clips
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mmdisco")
+def main() -> None:
+    """Discriminator-guided cooperative diffusion for joint audio-video generation.
+
+    Each subcommand is one DVC stage; `dvc repro` runs them in order with the options of
+    dvc.yaml. Run one by hand with `mmdisco STAGE --help` to see its inputs and outputs.
+    """
+
+
+for _module in (acquire, extract_clips, encode, evaluate):
+    main.add_command(_module.main)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""Typed, validated configuration: one frozen dataclass per section of ``params.yaml``.
+
+Defaults live in ``params.yaml``; the dataclass defaults only mirror them so the library can be
+used without a file (tests, notebooks). Loading rejects unknown keys and out-of-range values
+with a message that names the dotted key and what is allowed, before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params file or override is invalid; the message names the key and the fix."""
+
+
+def _opt(default: Any, *, lo: float | None = None, hi: float | None = None,
+         lo_open: bool = False, choices: tuple | None = None, doc: str = "") -> Any:
+    """A dataclass field carrying its validation rule in metadata."""
+    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "doc": doc}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: default, metadata=meta)
+    if dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class SynthConfig:
+    """The embedded bouncing-ball world (see README, "The embedded world")."""
+
+    num_files: int = _opt(1000, lo=1, doc="media files to render")
+    seconds: float = _opt(2.0, lo=0.25, doc="duration of each rendered file")
+    num_classes: int = _opt(4, lo=2, hi=8, doc="K: colours tied one-to-one to pitches")
+    fps: int = _opt(8, lo=1, hi=120, doc="frame rate of the rendered files")
+    size: int = _opt(64, lo=32, hi=512, doc="rendered frame side in pixels (decoded, then resized)")
+    sample_rate: int = _opt(16000, lo=8000, hi=48000, doc="audio rate of the rendered files")
+    min_period: int = _opt(3, lo=2, doc="fewest frames between floor contacts")
+    max_period: int = _opt(6, lo=2, doc="most frames between floor contacts")
+    video_noise: float = _opt(0.02, lo=0.0, hi=0.5, doc="Gaussian pixel noise, std on [-1, 1]")
+    audio_noise: float = _opt(0.003, lo=0.0, hi=0.5, doc="Gaussian background noise, std")
+    tone_decay: float = _opt(0.06, lo=0.005, hi=1.0, doc="tone decay time constant (s)")
+
+    def validate(self, key: str) -> None:
+        if self.max_period < self.min_period:
+            raise ConfigError(f"{key}.max_period ({self.max_period}) must be >= "
+                              f"{key}.min_period ({self.min_period})")
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """Fixed-length windows cut from any media file."""
+
+    seconds: float = _opt(1.0, lo=0.0, lo_open=True, doc="window length")
+    hop_seconds: float = _opt(1.0, lo=0.0, lo_open=True, doc="stride between window starts")
+    fps: int = _opt(8, lo=1, hi=120, doc="frames per second kept in a clip")
+    size: int = _opt(16, lo=4, hi=1024, doc="frame side after resizing (square)")
+    sample_rate: int = _opt(8000, lo=1000, hi=96000, doc="audio rate of a clip (mono)")
+    max_windows_per_file: int = _opt(0, lo=0, doc="0 = all windows a file holds")
+    max_reject_fraction: float = _opt(0.5, lo=0.0, hi=1.0,
+                                      doc="fail the stage when more files than this are rejected")
+    workers: int = _opt(2, lo=1, hi=64, doc="processes decoding files in parallel")
+    file_timeout_s: float = _opt(120.0, lo=1.0, doc="a file taking longer is rejected")
+    shard_size: int = _opt(1024, lo=1, doc="clips per shard file")
+
+    @property
+    def num_frames(self) -> int:
+        return round(self.seconds * self.fps)
+
+    @property
+    def num_samples(self) -> int:
+        return round(self.seconds * self.sample_rate)
+
+    def validate(self, key: str) -> None:
+        if abs(self.seconds * self.fps - self.num_frames) > 1e-6:
+            raise ConfigError(f"{key}.seconds × {key}.fps must be a whole number of frames "
+                              f"(got {self.seconds} × {self.fps})")
+        if self.num_frames < 2:
+            raise ConfigError(f"{key}.seconds × {key}.fps must give at least 2 frames")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = _opt("synth", choices=("synth", "folder"),
+                       doc="synth: render the embedded world; folder: the user's media files")
+    folder: str | None = _opt(None, doc="folder of media files when source is 'folder'")
+    synth: SynthConfig = _opt(SynthConfig())
+    clip: ClipConfig = _opt(ClipConfig())
+
+    def validate(self, key: str) -> None:
+        if self.source == "folder":
+            if not self.folder:
+                raise ConfigError(f"{key}.folder must name a folder of media files when "
+                                  f"{key}.source is 'folder'")
+
+
+@dataclass(frozen=True)
+class AudioEncoderConfig:
+    kind: str = _opt("logmel", choices=("logmel",), doc="frozen audio encoder")
+    n_mels: int = _opt(32, lo=4, hi=512)
+    n_fft: int = _opt(256, lo=16, hi=8192)
+    frames: int = _opt(32, lo=4, hi=4096, doc="mel frames per clip (time axis T)")
+    top_db: float = _opt(45.0, lo=10.0, hi=160.0, doc="dynamic range kept below the peak")
+    griffin_lim_iters: int = _opt(32, lo=1, hi=1000, doc="iterations to invert mel to sound")
+
+
+@dataclass(frozen=True)
+class VideoEncoderConfig:
+    kind: str = _opt("pixels", choices=("pixels",), doc="frozen video encoder")
+
+
+@dataclass(frozen=True)
+class EncodersConfig:
+    audio: AudioEncoderConfig = _opt(AudioEncoderConfig())
+    video: VideoEncoderConfig = _opt(VideoEncoderConfig())
+    batch_size: int = _opt(256, lo=1)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    bootstrap: int = _opt(1000, lo=10, doc="bootstrap resamples for confidence intervals")
+    confidence: float = _opt(0.95, lo=0.5, hi=0.999)
+    max_pairs: int = _opt(0, lo=0, doc="0 = evaluate every clip")
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = _opt(0, lo=0, doc="master seed; every stage derives its generators from it")
+    data: DataConfig = _opt(DataConfig())
+    encoders: EncodersConfig = _opt(EncodersConfig())
+    eval: EvalConfig = _opt(EvalConfig())
+
+    def validate(self, key: str) -> None:
+        if self.data.source == "synth":
+            synth, clip = self.data.synth, self.data.clip
+            if clip.seconds > synth.seconds:
+                raise ConfigError(f"data.clip.seconds ({clip.seconds}) is longer than the rendered "
+                                  f"files (data.synth.seconds = {synth.seconds}); no clip would fit")
+            if clip.sample_rate < 7000:
+                raise ConfigError(f"data.clip.sample_rate ({clip.sample_rate}) cannot carry the "
+                                  f"world's tones (up to 3 kHz); use at least 7000")
+        if self.encoders.audio.frames > self.data.clip.num_samples:
+            raise ConfigError(f"encoders.audio.frames ({self.encoders.audio.frames}) exceeds the "
+                              f"audio samples per clip ({self.data.clip.num_samples})")
+
+
+# --------------------------------------------------------------------------- loading
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of keys, got {value!r}")
+        return build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key} must be a whole number, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        (inner,) = typing.get_args(tp)[:1]
+        return tuple(_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value))
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def _check_range(value: Any, meta: dict, key: str) -> None:
+    if value is None:
+        return
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}; got {value!r}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value != value:  # NaN
+            raise ConfigError(f"{key} must be a number, got NaN")
+        if lo is not None and (value <= lo if meta.get("lo_open") else value < lo):
+            op = ">" if meta.get("lo_open") else ">="
+            rng = f"{op} {lo}" + (f" and <= {hi}" if hi is not None else "")
+            raise ConfigError(f"{key} must be {rng}; got {value}")
+        if hi is not None and value > hi:
+            rng = (f">= {lo} and " if lo is not None else "") + f"<= {hi}"
+            raise ConfigError(f"{key} must be {rng}; got {value}")
+
+
+def build(cls: type, raw: dict, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, validating every key against its field."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        where = prefix or "params"
+        raise ConfigError(f"unknown key {', '.join(f'{prefix}.{k}' if prefix else k for k in unknown)}"
+                          f" in {where}; allowed: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name in raw:
+            value = _coerce(raw[name], hints[name], key)
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
+        else:
+            value = f.default_factory()  # type: ignore[misc]
+        _check_range(value, dict(f.metadata), key)
+        kwargs[name] = value
+    obj = cls(**kwargs)
+    if hasattr(obj, "validate"):
+        obj.validate(prefix or "params")
+    return obj
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
+    """Read, merge ``overrides`` (dotted keys) and validate a params file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file '{path}' not found; run from the repository root or "
+                          f"pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections")
+    for dotted, value in (overrides or {}).items():
+        set_dotted(raw, dotted, value)
+    try:
+        return build(Params, raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    node = raw
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (for MLflow params)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict):
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,59 @@
+"""Frozen encoders between clips and the latents the base models diffuse.
+
+Every encoder offers ``fit`` (compute its normalisation from real clips), ``encode``,
+``decode`` and ``state`` (a JSON-able dict stored beside the latents so that decoding later
+uses exactly the normalisation of encoding). A new encoder is one class and one entry in
+``AUDIO_ENCODERS`` or ``VIDEO_ENCODERS``.
+
+Layouts: video clip uint8 ``[N, F, H, W, 3]`` ↔ video latent float ``[N, F, C, H, W]``;
+audio clip float32 ``[N, L]`` ↔ audio latent float ``[N, C, T, M]``.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+from mmdisco.config import AudioEncoderConfig, VideoEncoderConfig
+from mmdisco.encoders.mel import LogMelEncoder
+from mmdisco.encoders.pixels import PixelEncoder
+
+
+class Encoder(Protocol):
+    kind: str
+
+    def fit(self, clips: torch.Tensor) -> None: ...
+    def encode(self, clips: torch.Tensor) -> torch.Tensor: ...
+    def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
+    def state(self) -> dict[str, Any]: ...
+
+
+AUDIO_ENCODERS = {"logmel": LogMelEncoder}
+VIDEO_ENCODERS = {"pixels": PixelEncoder}
+
+
+def make_audio_encoder(cfg: AudioEncoderConfig, *, sample_rate: int, num_samples: int) -> Encoder:
+    if cfg.kind not in AUDIO_ENCODERS:
+        raise ValueError(f"encoders.audio.kind '{cfg.kind}' is unknown; choose one of "
+                         f"{', '.join(AUDIO_ENCODERS)}")
+    return AUDIO_ENCODERS[cfg.kind](cfg, sample_rate=sample_rate, num_samples=num_samples)
+
+
+def make_video_encoder(cfg: VideoEncoderConfig) -> Encoder:
+    if cfg.kind not in VIDEO_ENCODERS:
+        raise ValueError(f"encoders.video.kind '{cfg.kind}' is unknown; choose one of "
+                         f"{', '.join(VIDEO_ENCODERS)}")
+    return VIDEO_ENCODERS[cfg.kind](cfg)
+
+
+def encoder_from_state(state: dict[str, Any]) -> Encoder:
+    """Rebuild a fitted encoder from the ``state()`` stored beside the latents."""
+    kind = state.get("kind")
+    table = {**AUDIO_ENCODERS, **VIDEO_ENCODERS}
+    if kind not in table:
+        raise ValueError(f"stored encoder kind {kind!r} is unknown; re-run the encode stage")
+    return table[kind].from_state(state)
+
+
+__all__ = ["Encoder", "LogMelEncoder", "PixelEncoder", "make_audio_encoder",
+           "make_video_encoder", "encoder_from_state"]

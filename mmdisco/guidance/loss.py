@@ -1,0 +1,93 @@
+"""The discriminator's training loss ``L = L_D + λ · L_DSM`` (``method.md``, "Training objective").
+
+Notation: per modality ``x_t = sqrt(ᾱ_t) x_0 + σ_t ε`` with each base model's own ``ᾱ``;
+``L_D`` is binary cross-entropy on logits (real pairs → 1, fake pairs → 0); ``L_DSM`` asks the
+residual ``−σ_t ∇ logit D`` to complete each frozen base model's ε on REAL pairs:
+
+    L_DSM = mean (ε_A(a_t, t) − σ_t^a ∇_a logit D − ε^a)² + mean (same for v)
+
+(mean over elements, like the usual ε-MSE). It needs a double backward through ``D`` only;
+base predictions are computed under ``torch.no_grad()`` and never receive gradients.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmdisco.bases.protocol import BaseModel, check_pair, sigma, sqrt_alpha_bar
+from mmdisco.guidance.discriminator import input_gradients
+
+
+def forward_noise(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                  alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """``x_t = sqrt(ᾱ_t) x_0 + σ_t ε`` with the given schedule."""
+    return sqrt_alpha_bar(alphas_cumprod, t, x0) * x0 + sigma(alphas_cumprod, t, x0) * noise
+
+
+class DiscriminatorLoss:
+    """BCE on real vs fake noisy pairs, plus ``denoise_weight`` × the denoising score term."""
+
+    def __init__(self, denoise_weight: float = 0.0, *, t_range: tuple[int, int] | None = None):
+        if not denoise_weight >= 0.0:
+            raise ValueError(f"denoise_weight (λ) must be >= 0, got {denoise_weight}")
+        if t_range is not None and not (0 <= t_range[0] < t_range[1]):
+            raise ValueError(f"t_range must be (low, high) with 0 <= low < high, got {t_range}")
+        self.denoise_weight = float(denoise_weight)
+        self.t_range = t_range
+
+    def _timesteps(self, n: int, num_train_timesteps: int, generator: torch.Generator) -> torch.Tensor:
+        """One timestep per pair, uniform over ``[low, high)`` (default: all training steps)."""
+        low, high = self.t_range or (0, num_train_timesteps)
+        if high > num_train_timesteps:
+            raise ValueError(f"t_range high ({high}) exceeds the bases' num_train_timesteps "
+                             f"({num_train_timesteps})")
+        return torch.randint(low, high, (n,), generator=generator, device=generator.device)
+
+    def __call__(self, D: nn.Module, base_a: BaseModel, base_v: BaseModel,
+                 real_a0: torch.Tensor, real_v0: torch.Tensor,
+                 fake_a0: torch.Tensor, fake_v0: torch.Tensor,
+                 generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        """``(loss, stats)``; random draws: t real, t fake, ε real a, real v, fake a, fake v."""
+        check_pair(base_a, base_v)
+        if real_a0.shape[0] != real_v0.shape[0] or fake_a0.shape[0] != fake_v0.shape[0]:
+            raise ValueError(f"unpaired batch: real {real_a0.shape[0]} audio vs {real_v0.shape[0]} "
+                             f"video, fake {fake_a0.shape[0]} audio vs {fake_v0.shape[0]} video")
+        device = real_a0.device
+        alphas_a, alphas_v = base_a.alphas_cumprod(), base_v.alphas_cumprod()
+        n_real, n_fake = real_a0.shape[0], fake_a0.shape[0]
+        steps = base_a.num_train_timesteps
+        t_real = self._timesteps(n_real, steps, generator).to(device)
+        t_fake = self._timesteps(n_fake, steps, generator).to(device)
+        noise = [torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(device)
+                 for x in (real_a0, real_v0, fake_a0, fake_v0)]
+        real_a = forward_noise(real_a0, t_real, noise[0], alphas_a)
+        real_v = forward_noise(real_v0, t_real, noise[1], alphas_v)
+        fake_a = forward_noise(fake_a0, t_fake, noise[2], alphas_a)
+        fake_v = forward_noise(fake_v0, t_fake, noise[3], alphas_v)
+
+        if self.denoise_weight > 0:
+            logit_real, grad_a, grad_v = input_gradients(D, real_a, real_v, t_real, create_graph=True)
+        else:
+            logit_real = D(real_a, real_v, t_real)
+        logit_fake = D(fake_a, fake_v, t_fake)
+        bce = (F.binary_cross_entropy_with_logits(logit_real, torch.ones_like(logit_real))
+               + F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake)))
+        loss = bce
+        dsm_value = 0.0
+        if self.denoise_weight > 0:
+            with torch.no_grad():
+                eps_a = base_a.eps(real_a, t_real)
+                eps_v = base_v.eps(real_v, t_real)
+            dsm = (F.mse_loss(eps_a - sigma(alphas_a, t_real, grad_a) * grad_a, noise[0])
+                   + F.mse_loss(eps_v - sigma(alphas_v, t_real, grad_v) * grad_v, noise[1]))
+            loss = bce + self.denoise_weight * dsm
+            dsm_value = float(dsm.detach())
+        stats = {
+            "loss": float(loss.detach()),
+            "bce": float(bce.detach()),
+            "dsm": dsm_value,
+            "acc_real": float((logit_real.detach() > 0).float().mean()),
+            "acc_fake": float((logit_fake.detach() < 0).float().mean()),
+        }
+        return loss, stats

@@ -1,0 +1,203 @@
+"""Joint sampling of two frozen base models guided by a discriminator (``method.md``, "Sampling").
+
+Notation: at each shared timestep ``t`` the guided noise prediction of modality ``m`` is
+``ε̂^m = ε_m(x_t^m, t) + s_m r^m`` with the residual ``r^m = −σ_t^m ∇_{x_t^m} logit D``.
+
+Randomness: one ``torch.Generator`` per modality, ``generators=(gen_a, gen_v)``. Per batch,
+``gen_a`` draws the audio initial noise and then, step by step, whatever noise the audio
+scheduler draws (DDPM, or DDIM with ``eta > 0``); ``gen_v`` does the same for video. The
+discriminator draws nothing, so the draws never depend on ``D`` or the scales, and with
+``s_a = s_v = 0`` (or ``D=None``) each modality's output equals ``sample_single`` of its base
+with the same generator state and ``batch_size`` — bit for bit. More: with ``s_a = 0`` the
+audio alone is unchanged whatever ``s_v`` is, since ``ε_A`` never sees the video.
+``modality_generators(seed)`` derives the pair from one master seed.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmdisco.bases.protocol import BaseModel, check_pair
+from mmdisco.guidance.discriminator import residuals
+
+KINDS = ("ddim", "ddpm")
+
+
+def modality_generators(seed: int, device: str | torch.device = "cpu") -> tuple[torch.Generator, torch.Generator]:
+    """``(gen_a, gen_v)``: two independent generators derived from one master seed."""
+    states = [int(s.generate_state(1, np.uint64)[0]) for s in np.random.SeedSequence(seed).spawn(2)]
+    gen_a, gen_v = (torch.Generator(device=device).manual_seed(s) for s in states)
+    return gen_a, gen_v
+
+
+def guided_eps(eps_a: torch.Tensor, eps_v: torch.Tensor, r_a: torch.Tensor | None,
+               r_v: torch.Tensor | None, s_a: float, s_v: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ε̂ = ε + s·r`` per modality; a zero scale (or no residual) returns ``ε`` itself."""
+    out_a = eps_a if s_a == 0 or r_a is None else eps_a + s_a * r_a
+    out_v = eps_v if s_v == 0 or r_v is None else eps_v + s_v * r_v
+    return out_a, out_v
+
+
+# --------------------------------------------------------------------------- shared pieces
+def _sync(device: torch.device) -> None:
+    """Wait for queued GPU work so wall-clock timings are honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _check_common(num_samples: int, steps: int, kind: str, batch_size: int | None, eta: float) -> int:
+    """Validate the shared arguments; return the effective batch size."""
+    if num_samples < 1 or steps < 1:
+        raise ValueError(f"num_samples and steps must be >= 1, got {num_samples} and {steps}")
+    if kind not in KINDS:
+        raise ValueError(f"unknown sampler kind {kind!r}; use one of {KINDS}")
+    if kind == "ddpm" and eta != 0:
+        raise ValueError("eta only applies to DDIM; DDPM's noise level is fixed by its scheduler")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 (or None for one batch), got {batch_size}")
+    return batch_size or num_samples
+
+
+def _check_cond(cond: torch.Tensor | None, num_samples: int, name: str) -> None:
+    """A condition must carry one row per sample."""
+    if cond is not None and cond.shape[0] != num_samples:
+        raise ValueError(f"{name} has {cond.shape[0]} rows; it needs one per sample ({num_samples})")
+
+
+def _scheduler(base: BaseModel, kind: str, steps: int):
+    """A fresh scheduler of the base with its timesteps set."""
+    scheduler = base.make_scheduler(kind)
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+def _init_noise(base: BaseModel, scheduler, n: int, generator: torch.Generator,
+                device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Initial latents for ``n`` samples, drawn on the generator's device."""
+    x = torch.randn((n, *base.latent_shape), generator=generator, device=generator.device, dtype=dtype)
+    return x.to(device) * scheduler.init_noise_sigma
+
+
+def _step(scheduler, kind: str, eps: torch.Tensor, t: torch.Tensor, x: torch.Tensor,
+          generator: torch.Generator, eta: float) -> torch.Tensor:
+    """One scheduler update ``x_t → x_{t−1}`` with noise (if any) from ``generator``."""
+    if kind == "ddim":
+        return scheduler.step(eps, t, x, eta=eta, generator=generator).prev_sample
+    return scheduler.step(eps, t, x, generator=generator).prev_sample
+
+
+def _rows(cond: torch.Tensor | None, lo: int, hi: int, device: torch.device) -> torch.Tensor | None:
+    return None if cond is None else cond[lo:hi].to(device)
+
+
+def _new_timing() -> dict[str, float]:
+    return {"base_s": 0.0, "guidance_s": 0.0, "step_s": 0.0, "total_s": 0.0,
+            "base_passes": 0, "guidance_passes": 0}
+
+
+# --------------------------------------------------------------------------- samplers
+def sample_single(base: BaseModel, *, num_samples: int, steps: int, generator: torch.Generator,
+                  kind: str = "ddim", batch_size: int | None = None, cond: torch.Tensor | None = None,
+                  eta: float = 0.0, device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, dict[str, float]]:
+    """Independent sampling of one base model; ``(x_0 [num_samples, *latent_shape], timing)``."""
+    batch_size = _check_common(num_samples, steps, kind, batch_size, eta)
+    _check_cond(cond, num_samples, "cond")
+    device = torch.device(device)
+    scheduler = _scheduler(base, kind, steps)
+    timing, start, outputs = _new_timing(), time.perf_counter(), []
+    for lo in range(0, num_samples, batch_size):
+        hi = min(lo + batch_size, num_samples)
+        x = _init_noise(base, scheduler, hi - lo, generator, device, dtype)
+        c = _rows(cond, lo, hi, device)
+        for t in scheduler.timesteps:
+            t_batch = torch.full((hi - lo,), int(t), device=device, dtype=torch.long)
+            tick = time.perf_counter()
+            with torch.no_grad():
+                eps = base.eps(x, t_batch, c)
+            _sync(device)
+            timing["base_s"] += time.perf_counter() - tick
+            timing["base_passes"] += 1
+            tick = time.perf_counter()
+            x = _step(scheduler, kind, eps, t, x, generator, eta)
+            _sync(device)
+            timing["step_s"] += time.perf_counter() - tick
+        outputs.append(x)
+    timing["total_s"] = time.perf_counter() - start
+    return torch.cat(outputs), timing
+
+
+def sample_joint(base_a: BaseModel, base_v: BaseModel, D: nn.Module | None, *, num_samples: int,
+                 steps: int, generators: tuple[torch.Generator, torch.Generator], kind: str = "ddim",
+                 scale_a: float = 1.0, scale_v: float = 1.0, batch_size: int | None = None,
+                 cond_a: torch.Tensor | None = None, cond_v: torch.Tensor | None = None,
+                 eta: float = 0.0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 callback: Callable[[dict], None] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """Both bases in lockstep, guided by ``D``'s residuals; ``(a_0, v_0, timing)``.
+
+    ``callback`` receives, after each step, a dict with ``i, t, a_t, v_t, eps_a, eps_v, r_a, r_v``
+    (the latents before the step; residuals ``None`` when unguided).
+    """
+    batch_size = _check_common(num_samples, steps, kind, batch_size, eta)
+    check_pair(base_a, base_v)
+    if base_a.modality != "audio" or base_v.modality != "video":
+        raise ValueError(f"sample_joint takes the audio base first and the video base second; got "
+                         f"{base_a.modality!r} and {base_v.modality!r}")
+    if len(generators) != 2:
+        raise ValueError("generators must be a pair (gen_a, gen_v); see modality_generators(seed)")
+    if not (math.isfinite(scale_a) and math.isfinite(scale_v)):
+        raise ValueError(f"guidance scales must be finite, got {scale_a} and {scale_v}")
+    _check_cond(cond_a, num_samples, "cond_a")
+    _check_cond(cond_v, num_samples, "cond_v")
+    gen_a, gen_v = generators
+    device = torch.device(device)
+    sched_a, sched_v = _scheduler(base_a, kind, steps), _scheduler(base_v, kind, steps)
+    if not torch.equal(sched_a.timesteps, sched_v.timesteps):
+        raise ValueError("the two bases' schedulers give different timestep sequences for "
+                         f"{steps} steps; give both the same timestep_spacing and steps_offset")
+    guide = D is not None and (scale_a != 0 or scale_v != 0)
+    alphas_a, alphas_v = base_a.alphas_cumprod(), base_v.alphas_cumprod()
+    timing, start, out_a, out_v = _new_timing(), time.perf_counter(), [], []
+    for lo in range(0, num_samples, batch_size):
+        hi = min(lo + batch_size, num_samples)
+        a = _init_noise(base_a, sched_a, hi - lo, gen_a, device, dtype)   # audio noise first,
+        v = _init_noise(base_v, sched_v, hi - lo, gen_v, device, dtype)   # then video noise
+        ca, cv = _rows(cond_a, lo, hi, device), _rows(cond_v, lo, hi, device)
+        for i, t in enumerate(sched_a.timesteps):
+            t_batch = torch.full((hi - lo,), int(t), device=device, dtype=torch.long)
+            # 1. base predictions (frozen, no graph)
+            tick = time.perf_counter()
+            with torch.no_grad():
+                eps_a, eps_v = base_a.eps(a, t_batch, ca), base_v.eps(v, t_batch, cv)
+            _sync(device)
+            timing["base_s"] += time.perf_counter() - tick
+            timing["base_passes"] += 2
+            # 2. residuals from one forward + one input-gradient pass of D
+            r_a = r_v = None
+            if guide:
+                tick = time.perf_counter()
+                r_a, r_v = residuals(D, a, v, t_batch, alphas_a, alphas_v)
+                _sync(device)
+                timing["guidance_s"] += time.perf_counter() - tick
+                timing["guidance_passes"] += 1
+            # 3. guided ε and each scheduler's own update
+            hat_a, hat_v = guided_eps(eps_a, eps_v, r_a, r_v, scale_a, scale_v)
+            tick = time.perf_counter()
+            a_next = _step(sched_a, kind, hat_a, t, a, gen_a, eta)
+            v_next = _step(sched_v, kind, hat_v, t, v, gen_v, eta)
+            _sync(device)
+            timing["step_s"] += time.perf_counter() - tick
+            if callback is not None:
+                callback({"i": i, "t": int(t), "a_t": a, "v_t": v, "eps_a": eps_a, "eps_v": eps_v,
+                          "r_a": r_a, "r_v": r_v})
+            a, v = a_next, v_next
+        out_a.append(a)
+        out_v.append(v)
+    timing["total_s"] = time.perf_counter() - start
+    return torch.cat(out_a), torch.cat(out_v), timing
