@@ -1,59 +1,12 @@
-"""Shared fixtures: the repository root and a throw-away copy of it as a DVC project."""
+"""Shared fixtures."""
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def project_files(root: Path = ROOT) -> list[str]:
-    """Files a clone would have: tracked plus untracked-but-not-ignored."""
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-                         cwd=root, capture_output=True, check=True)
-    return [f for f in out.stdout.decode().split("\0") if f and (root / f).is_file()]
-
-
-def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True,
-        timeout: float = 900) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-                "DVC_NO_ANALYTICS": "1", **(env or {})}
-    full_env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True,
-                          timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def make_project(dest: Path, overrides: dict) -> Path:
-    """Copy the project into ``dest`` as a fresh git repo with ``params.yaml`` overridden."""
-    for rel in project_files():
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, target)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    for dotted, value in overrides.items():
-        node = params
-        *parents, last = dotted.split(".")
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], dest)
-    run(["git", "-c", "user.email=t@example.com", "-c", "user.name=test", "add", "-A"], dest)
-    run(["git", "-c", "user.email=t@example.com", "-c", "user.name=test", "commit", "-qm", "init"],
-        dest)
-    return dest
+from mmdisco.testing import make_project
 
 
 @pytest.fixture
 def project(tmp_path):
+    """A factory for throw-away copies of the project with params overridden."""
     return lambda overrides: make_project(tmp_path / "proj", overrides)

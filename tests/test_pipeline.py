@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run
+from mmdisco.testing import run
 
 SMALL = {
     "data.synth.num_files": 24,

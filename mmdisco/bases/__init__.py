@@ -1,0 +1,27 @@
+"""Single-modal base diffusion models behind one protocol, and the factory that loads them.
+
+A saved base model is a folder whose ``base.json`` names its ``kind``; ``load_base`` looks the
+kind up in ``LOADERS``. A new variant is one class with a ``load(path, meta)`` classmethod and
+one entry there.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmdisco.bases.protocol import BaseModel, check_pair
+from mmdisco.bases.tiny import TinyBase, TinyBaseConfig, read_meta
+
+LOADERS = {"tiny": TinyBase.load}
+
+
+def load_base(path: str | Path) -> BaseModel:
+    """Load a saved base model folder (frozen, eval mode) by the ``kind`` in its ``base.json``."""
+    meta = read_meta(path)
+    kind = meta.get("kind")
+    if kind not in LOADERS:
+        raise ValueError(f"{Path(path) / 'base.json'}: unknown base kind {kind!r}; known kinds: "
+                         f"{', '.join(LOADERS)}")
+    return LOADERS[kind](path, meta)
+
+
+__all__ = ["BaseModel", "TinyBase", "TinyBaseConfig", "check_pair", "load_base"]

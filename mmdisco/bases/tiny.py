@@ -11,6 +11,7 @@ only) runs over time with ``C × M`` channels.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -22,7 +23,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet1DModel, UNet2DModel
 from einops import rearrange
 
 from mmdisco.bases.protocol import sigma, sqrt_alpha_bar
-from mmdisco.config import ConfigError, _opt, to_dict
+from mmdisco.config import ConfigError, _check_range, _opt, to_dict
 from mmdisco.io import atomic_path, write_json
 
 KIND = "tiny"
@@ -66,18 +67,22 @@ class TinyBaseConfig:
         if bad:
             raise ConfigError(f"{key}.attn_levels {bad} must index {key}.channels "
                               f"(0 … {len(self.channels) - 1})")
-        if self.arch == "unet2d" and any(c % self.attn_head_dim for c in self.channels):
+        uses_attn = self.arch == "unet2d" and (self.attn_levels or self.mid_attention)
+        if uses_attn and any(c % self.attn_head_dim for c in self.channels):
             raise ConfigError(f"{key}.attn_head_dim ({self.attn_head_dim}) must divide every "
                               f"width in {key}.channels {tuple(self.channels)}")
 
 
-def check_config(cfg: TinyBaseConfig, key: str = "base") -> TinyBaseConfig:
-    """Run the dataclass checks on a config built in code (``build`` runs them on files)."""
-    from mmdisco.config import _check_range  # the same rules a params file goes through
-    import dataclasses
+def check_config(cfg, key: str = "model"):
+    """Apply a params file's checks to a config dataclass built in code; return it."""
     for f in dataclasses.fields(cfg):
-        _check_range(getattr(cfg, f.name), dict(f.metadata), f"{key}.{f.name}")
-    cfg.validate(key)
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            check_config(value, f"{key}.{f.name}")
+        else:
+            _check_range(value, dict(f.metadata), f"{key}.{f.name}")
+    if hasattr(cfg, "validate"):
+        cfg.validate(key)
     return cfg
 
 
@@ -158,7 +163,7 @@ class TinyBase(torch.nn.Module):
     def __init__(self, cfg: TinyBaseConfig, latent_shape: tuple[int, ...],
                  unet: torch.nn.Module | None = None):
         super().__init__()
-        self.cfg = cfg
+        self.cfg = check_config(cfg)
         self.latent_shape = tuple(int(s) for s in latent_shape)
         self.modality = modality_of(self.latent_shape)
         self.num_train_timesteps = cfg.num_train_timesteps

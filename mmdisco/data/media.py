@@ -61,9 +61,11 @@ def _as_channels(path: Path, audio: np.ndarray, sample_rate: int) -> np.ndarray:
 # --------------------------------------------------------------------------- writing
 def _encode_video(out: Any, stream: Any, video: np.ndarray) -> None:
     """Encode RGB frames with pts = frame index (time base 1/fps)."""
+    time_base = 1 / stream.codec_context.framerate
     for i, image in enumerate(video):
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
         frame.pts = i
+        frame.time_base = time_base  # explicit, so that pts counts frames
         out.mux(stream.encode(frame))
     out.mux(stream.encode(None))
 
@@ -81,6 +83,17 @@ def _encode_audio(out: Any, stream: Any, audio: np.ndarray, sample_rate: int) ->
     out.mux(stream.encode(None))
 
 
+def _default_video_options(video_codec: str, crf: int) -> dict[str, str]:
+    """Encoder options that keep quality fixed and the output byte-for-byte reproducible."""
+    if video_codec == "libx264":
+        # mbtree=0: with macroblock-tree rate control this libx264 build (AVX-512 code paths)
+        # gave different bytes from run to run for the same frames, even single-threaded.
+        return {"crf": str(crf), "x264-params": "mbtree=0"}
+    if video_codec == "libx265":
+        return {"crf": str(crf)}
+    return {}
+
+
 def _open_streams(out: Any, video: np.ndarray | None, fps: float, audio: np.ndarray | None,
                   sample_rate: int, video_codec: str, audio_codec: str, pix_fmt: str,
                   crf: int, video_options: dict | None,
@@ -91,10 +104,8 @@ def _open_streams(out: Any, video: np.ndarray | None, fps: float, audio: np.ndar
         vstream = out.add_stream(video_codec, rate=Fraction(fps).limit_denominator(100_000))
         vstream.height, vstream.width = video.shape[1:3]
         vstream.pix_fmt = pix_fmt
-        # One thread: libx264's output (and its SEI header) then does not depend on the core count.
-        vstream.codec_context.thread_count = 1
-        crf_option = {"crf": str(crf)} if video_codec in ("libx264", "libx265") else {}
-        vstream.options = {**crf_option, **(video_options or {})}
+        vstream.codec_context.thread_count = 1  # output must not depend on the core count
+        vstream.options = {**_default_video_options(video_codec, crf), **(video_options or {})}
     if audio is not None:
         astream = out.add_stream(audio_codec, rate=sample_rate)
         astream.layout = "mono" if audio.shape[0] == 1 else "stereo"
@@ -134,9 +145,10 @@ def write_av(path: str | Path, video: np.ndarray | None, fps: float, audio: np.n
             if astream is not None:
                 _encode_audio(out, astream, audio, int(sample_rate))
         os.replace(tmp, path)
-    except av.FFmpegError as e:
+    except (av.FFmpegError, ValueError) as e:  # ValueError: unknown codec or container name
         raise MediaError(f"{path}: FFmpeg could not write the file ({e}); check the codec "
-                         f"names ({video_codec}, {audio_codec}) and the container") from e
+                         f"names ({video_codec}, {audio_codec}) and the container "
+                         f"({container or 'guessed from ' + repr(path.suffix)})") from e
     finally:
         tmp.unlink(missing_ok=True)
 

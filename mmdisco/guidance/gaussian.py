@@ -20,10 +20,15 @@ from torch import nn
 
 def _gaussian_log_density(x: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
     """``log N(x; 0, cov)`` for ``x [N, d]`` and per-sample ``cov [N, d, d]``."""
-    precision = torch.linalg.inv(cov)
+    precision, logdet = _per_unique(cov, lambda c: (torch.linalg.inv(c), torch.linalg.slogdet(c).logabsdet))
     quad = torch.einsum("ni,nij,nj->n", x, precision, x)
-    logdet = torch.linalg.slogdet(cov).logabsdet
     return -0.5 * (quad + logdet + x.shape[-1] * math.log(2 * math.pi))
+
+
+def _per_unique(cov: torch.Tensor, fn):
+    """Apply ``fn`` to each distinct matrix of ``cov [N, d, d]`` only once (batches share t)."""
+    unique, inverse = torch.unique(cov.flatten(1), dim=0, return_inverse=True)
+    return tuple(out[inverse] for out in fn(unique.reshape(-1, *cov.shape[1:])))
 
 
 def _noisy_marginal_cov(S: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
@@ -70,7 +75,8 @@ class GaussianBase:
         ab = self._alphas_cumprod[t.long().cpu()].to(x_t.device)
         cov = _noisy_marginal_cov(self.covariance.to(x_t.device), ab)
         x = x_t.to(torch.float64)
-        eps = (1 - ab).sqrt()[:, None] * torch.linalg.solve(cov, x.unsqueeze(-1)).squeeze(-1)
+        (precision,) = _per_unique(cov, lambda c: (torch.linalg.inv(c),))
+        eps = (1 - ab).sqrt()[:, None] * torch.einsum("nij,nj->ni", precision, x)
         return eps.to(x_t.dtype)
 
 

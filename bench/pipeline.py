@@ -1,0 +1,54 @@
+"""Time every stage of the default pipeline in a throw-away copy of the project.
+
+    python bench/pipeline.py [--set data.synth.num_classes=8 ...] [--out bench/pipeline.json]
+
+Prints one line per stage (wall seconds) and writes a JSON report. No asserts: a benchmark
+measures, it does not judge.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from mmdisco.testing import make_project, run
+
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="params override (YAML value), repeatable")
+    ap.add_argument("--out", type=Path, default=Path("bench/pipeline.json"))
+    args = ap.parse_args()
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    with tempfile.TemporaryDirectory(prefix="mmdisco-bench-") as tmp:
+        proj = make_project(Path(tmp) / "proj", overrides)
+        timings, total0 = {}, time.perf_counter()
+        for stage in yaml.safe_load((proj / "dvc.yaml").read_text())["stages"]:
+            t0 = time.perf_counter()
+            out = run(["dvc", "repro", "--single-item", stage], proj).stdout
+            timings[stage] = round(time.perf_counter() - t0, 2)
+            print(f"{stage:22s} {timings[stage]:8.2f} s", flush=True)
+            for line in out.splitlines():
+                if re.match(r"^\w[\w_]*: ", line):
+                    print(f"    {line}")
+        total = round(time.perf_counter() - total0, 2)
+        metrics = {p.name: json.loads(p.read_text()) for p in (proj / "metrics").glob("*.json")}
+    print(f"{'total':22s} {total:8.2f} s")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"overrides": overrides, "stage_seconds": timings,
+                                    "total_seconds": total, "metrics": metrics}, indent=2))
+    print(f"report -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
