@@ -131,11 +131,72 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class FakesConfig:
+    """The fake-pair bank: each base samples alone, pairs are formed at random."""
+
+    num_pairs: int = _opt(2048, lo=2, doc="fake pairs in the bank")
+    steps: int = _opt(25, lo=1, hi=1000, doc="DDIM steps per sample")
+    batch_size: int = _opt(256, lo=1)
+
+
+@dataclass(frozen=True)
+class DiscriminatorConfig:
+    """The joint discriminator D(a_t, v_t, t) (README, "The method")."""
+
+    width: int = _opt(32, lo=4, hi=512, doc="conv channels of each modality encoder")
+    time_dim: int = _opt(64, lo=8, hi=1024, doc="timestep embedding size")
+    head_hidden: int = _opt(64, lo=4, hi=1024, doc="hidden units of the fusion heads")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Discriminator training (the base models stay frozen)."""
+
+    steps: int = _opt(2000, lo=1)
+    batch_size: int = _opt(64, lo=2, doc="real pairs per step (and as many negatives)")
+    lr: float = _opt(1e-3, lo=0.0, lo_open=True)
+    weight_decay: float = _opt(0.0, lo=0.0)
+    grad_clip: float = _opt(1.0, lo=0.0, doc="max gradient norm; 0 = off")
+    denoise_weight: float = _opt(0.0, lo=0.0,
+                                 doc="λ of the denoising score-matching term; 0 = plain BCE")
+    negatives: str = _opt("generated", choices=("generated", "shuffled", "both"),
+                          doc="generated: the paper's fakes; shuffled: mismatched real pairs")
+    checkpoint_every: int = _opt(250, lo=1, doc="steps between resumable checkpoints")
+    log_every: int = _opt(50, lo=1)
+    eval_every: int = _opt(500, lo=1, doc="steps between held-out accuracy checks")
+    heldout: int = _opt(256, lo=8, doc="real clips held out for accuracy checks")
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """ε̂^m = ε_m + s_m · (−σ_t^m ∇ logit D), s_a = scale × audio_weight, s_v = scale × video_weight."""
+
+    scale: float = _opt(4.0, lo=0.0, doc="overall guidance scale; 0 = independent sampling")
+    audio_weight: float = _opt(1.0, lo=0.0)
+    video_weight: float = _opt(1.0, lo=0.0)
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    num_samples: int = _opt(512, lo=1, doc="pairs per set (guided and baseline)")
+    steps: int = _opt(25, lo=1, hi=1000)
+    kind: str = _opt("ddim", choices=("ddim", "ddpm"))
+    eta: float = _opt(0.0, lo=0.0, hi=1.0, doc="DDIM stochasticity")
+    batch_size: int = _opt(256, lo=1)
+    media: int = _opt(8, lo=0, doc="pairs per set written as mp4 with sound")
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = _opt(0, lo=0, doc="master seed; every stage derives its generators from it")
     data: DataConfig = _opt(DataConfig())
     encoders: EncodersConfig = _opt(EncodersConfig())
     eval: EvalConfig = _opt(EvalConfig())
+    fakes: FakesConfig = _opt(FakesConfig())
+    discriminator: DiscriminatorConfig = _opt(DiscriminatorConfig())
+    train: TrainConfig = _opt(TrainConfig())
+    guidance: GuidanceConfig = _opt(GuidanceConfig())
+    sample: SampleConfig = _opt(SampleConfig())
 
     def validate(self, key: str) -> None:
         if self.data.source == "synth":

@@ -10,20 +10,31 @@ from safetensors.torch import load_file
 
 from mmdisco.testing import run
 
+STAGES = ("acquire", "extract_clips", "encode", "train_base_audio", "train_base_video",
+          "sample_fakes", "train_discriminator", "sample", "evaluate")
+
 SMALL = {
     "data.synth.num_files": 24,
     "data.synth.seconds": 2.0,
-    "data.clip.workers": 2,
     "eval.bootstrap": 50,
+    "base.audio.steps": 6, "base.audio.warmup_steps": 1, "base.audio.batch_size": 8,
+    "base.video.steps": 6, "base.video.warmup_steps": 1, "base.video.batch_size": 8,
+    "fakes.num_pairs": 16, "fakes.steps": 3,
+    "train.steps": 4, "train.batch_size": 8, "train.heldout": 8, "train.eval_every": 4,
+    "train.log_every": 2, "train.checkpoint_every": 2,
+    "sample.num_samples": 6, "sample.steps": 3, "sample.media": 2,
 }
+
+
+def ran(stdout: str) -> set[str]:
+    return {s for s in STAGES if f"Running stage '{s}'" in stdout}
 
 
 @pytest.mark.slow
 def test_dvc_repro_runs_the_pipeline_and_is_cached(project):
     proj = project(SMALL)
     first = run(["dvc", "repro"], proj)
-    for stage in ("acquire", "extract_clips", "encode", "evaluate"):
-        assert f"Running stage '{stage}'" in first.stdout, first.stdout
+    assert ran(first.stdout) == set(STAGES), first.stdout
 
     # acquire: 24 real mp4 files with ground truth and a checksummed manifest
     manifest = json.loads((proj / "data/raw/manifest.json").read_text())
@@ -42,29 +53,54 @@ def test_dvc_repro_runs_the_pipeline_and_is_cached(project):
     assert audio.shape == (48, 1, 32, 32) and video.shape == (48, 8, 3, 16, 16)
     assert audio.min() >= -1 and audio.max() <= 1 and torch.isfinite(video).all()
 
-    # evaluate: real pairs at the ceiling, shuffled far below
+    # bases, fakes, discriminator
+    for m in ("audio", "video"):
+        assert (proj / f"models/base_{m}/base.json").is_file()
+        assert "loss" in (proj / f"plots/base_{m}.csv").read_text().splitlines()[0]
+    fakes = load_file(str(proj / "data/fakes/audio.safetensors"))["latents"]
+    assert fakes.shape == (16, 1, 32, 32) and torch.isfinite(fakes).all()
+    disc = json.loads((proj / "metrics/discriminator.json").read_text())
+    assert disc["steps"] == 4 and disc["parameter_ratio"] < 0.1
+
+    # samples: latents, mp4 files with sound, contact sheets, per-pass cost
+    for name in ("baseline", "guided"):
+        assert load_file(str(proj / f"data/samples/{name}/video.safetensors"))["latents"].shape \
+            == (6, 8, 3, 16, 16)
+        assert len(list((proj / f"data/samples/{name}/media").glob("*.mp4"))) == 2
+        assert (proj / f"data/samples/{name}/sheet.png").stat().st_size > 0
+    cost = json.loads((proj / "metrics/sample.json").read_text())
+    assert cost["guided"]["guidance_pass_s"] > 0 and cost["baseline"]["base_pass_s"] > 0
+
+    # evaluate: real pairs at the ceiling, shuffled far below, samples scored
     report = json.loads((proj / "metrics/eval.json").read_text())
+    assert set(report) == {"real", "shuffled", "baseline", "guided"}
     assert report["real"]["semantic_agreement"] >= 0.99
     assert report["real"]["aligned_fraction"] >= 0.95
     assert report["shuffled"]["aligned_fraction"] < 0.5
+    assert report["guided"]["validity_audio_n"] == 6
 
-    # one MLflow run per executed stage, tagged and with params
+    # one MLflow run per executed stage, tagged, with params; evaluate links the training runs
     db = sqlite3.connect(proj / "mlflow.db")
-    runs = db.execute("select run_uuid, name from runs").fetchall()
-    assert sorted(name for _, name in runs) == ["acquire", "encode", "evaluate", "extract_clips"]
-    tags = dict(db.execute("select key, value from tags where key like 'mmdisco.%' "
-                           "and run_uuid = ?", (runs[0][0],)).fetchall())
-    assert tags["mmdisco.stage"] in {"acquire", "encode", "evaluate", "extract_clips"}
-    assert len(tags["mmdisco.git_commit"]) == 40
-    n_params = db.execute("select count(*) from params").fetchone()[0]
-    assert n_params > 20
+    runs = dict(db.execute("select name, run_uuid from runs").fetchall())
+    assert sorted(runs) == sorted(STAGES)
+    tags = dict(db.execute("select key, value from tags where run_uuid = ?",
+                           (runs["evaluate"],)).fetchall())
+    assert tags["mmdisco.stage"] == "evaluate" and len(tags["mmdisco.git_commit"]) == 40
+    assert tags["mmdisco.run.discriminator"] == runs["train_discriminator"]
+    params = dict(db.execute("select key, value from params where run_uuid = ?",
+                             (runs["evaluate"],)).fetchall())
+    assert params["guidance.scale"] == "4.0" and "base.video.steps" in params
+    metric_keys = {k for (k,) in db.execute("select key from metrics where run_uuid = ?",
+                                            (runs["evaluate"],))}
+    assert {"guided.semantic_agreement", "baseline.temporal_f1", "real.validity_video"} <= metric_keys
 
     # a second repro changes nothing and logs nothing
     second = run(["dvc", "repro"], proj)
-    assert "Running stage" not in second.stdout, second.stdout
-    assert db.execute("select count(*) from runs").fetchone()[0] == 4
+    assert ran(second.stdout) == set(), second.stdout
+    assert db.execute("select count(*) from runs").fetchone()[0] == len(STAGES)
 
-    # a param of one stage reruns that stage and what follows, nothing before
-    third = run(["dvc", "exp", "run", "-S", "eval.bootstrap=60"], proj)
-    assert "Running stage 'evaluate'" in third.stdout
-    assert "Running stage 'encode'" not in third.stdout
+    # the user's habit: a new guidance scale reruns sampling and evaluation only
+    third = run(["dvc", "exp", "run", "-S", "guidance.scale=2"], proj)
+    assert ran(third.stdout) == {"sample", "evaluate"}, third.stdout
+    shown = run(["dvc", "exp", "show", "--json"], proj).stdout
+    assert "guidance.scale" in shown

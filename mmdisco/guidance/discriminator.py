@@ -6,7 +6,9 @@ Notation (see ``method.md``): ``logit D = log r_t`` at the optimum, with
 
 Fusion is deliberately non-separable: a head linear in concatenated per-modality features
 gives ``logit = f(a) + g(v)``, whose audio gradient ignores the video and cannot align
-anything. Here the logit is the sum of two non-separable parts:
+anything. Each modality is encoded by strided 2D ConvFiLM layers (video: per frame), then
+pooled to a coarse grid (mel bands; image cells) that is flattened and projected, so pitch and
+position survive pooling. The logit is the sum of two non-separable parts:
 - ``temporal``: audio and video features resampled to ``F`` common steps, concatenated per
   step, scored by an MLP and averaged over steps (timing coupling);
 - ``semantic``: time-pooled audio and video embeddings (pooled before any temporal mixing,
@@ -85,14 +87,14 @@ class ConvFiLM(nn.Module):
 
 
 class Encoder2d(nn.Module):
-    """Three 2D ConvFiLM layers, the last two with stride 2."""
+    """Three 2D ConvFiLM layers; the first two halve the resolution (cheap on CPU)."""
 
     def __init__(self, *, c_in: int, width: int, time_dim: int):
         super().__init__()
         self.layers = nn.ModuleList([
-            ConvFiLM(dims=2, c_in=c_in, c_out=width, time_dim=time_dim),
+            ConvFiLM(dims=2, c_in=c_in, c_out=width, time_dim=time_dim, stride=2),
             ConvFiLM(dims=2, c_in=width, c_out=width, time_dim=time_dim, stride=2),
-            ConvFiLM(dims=2, c_in=width, c_out=width, time_dim=time_dim, stride=2),
+            ConvFiLM(dims=2, c_in=width, c_out=width, time_dim=time_dim),
         ])
 
     def forward(self, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
@@ -147,7 +149,7 @@ class Discriminator(nn.Module):
 
     def __init__(self, *, audio_shape: tuple[int, int, int], video_shape: tuple[int, int, int, int],
                  width: int = 32, time_dim: int = 64, head_hidden: int = 64,
-                 num_frames_fused: int | None = None):
+                 num_frames_fused: int | None = None, audio_bands: int = 4, video_grid: int = 4):
         super().__init__()
         if len(audio_shape) != 3 or len(video_shape) != 4:
             raise ValueError(f"audio_shape must be (C, T, M) and video_shape (F, C, H, W); got "
@@ -159,10 +161,16 @@ class Discriminator(nn.Module):
             raise ValueError(f"num_frames_fused must be >= 1, got {num_frames_fused}")
         self.config = dict(audio_shape=self.audio_shape, video_shape=self.video_shape, width=width,
                            time_dim=time_dim, head_hidden=head_hidden,
-                           num_frames_fused=self.num_frames_fused)
+                           num_frames_fused=self.num_frames_fused, audio_bands=audio_bands,
+                           video_grid=video_grid)
+        self.audio_bands, self.video_grid = int(audio_bands), int(video_grid)
         self.time = TimeEmbedding(dim=time_dim)
         self.audio_enc = Encoder2d(c_in=self.audio_shape[0], width=width, time_dim=time_dim)
         self.video_enc = Encoder2d(c_in=self.video_shape[1], width=width, time_dim=time_dim)
+        # learned pooling: a coarse grid of mel bands / image cells, flattened and projected, so
+        # that pitch and ball position survive (a plain mean over them would discard both)
+        self.audio_proj = nn.Linear(width * self.audio_bands, width)
+        self.video_proj = nn.Linear(width * self.video_grid ** 2, width)
         self.audio_temporal = ConvFiLM(dims=1, c_in=width, c_out=width, time_dim=time_dim)
         self.video_temporal = ConvFiLM(dims=1, c_in=width, c_out=width, time_dim=time_dim)
         self.temporal_head = FiLMHead(d_in=2 * width, hidden=head_hidden, time_dim=time_dim)
@@ -170,7 +178,9 @@ class Discriminator(nn.Module):
 
     def encode_audio(self, a_t: torch.Tensor, temb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Audio features per fused step ``[N, F, w]`` and its timing-blind embedding ``[N, w]``."""
-        h = self.audio_enc(a_t, temb).mean(dim=-1)                      # [N, w, T'] (mel pooled)
+        h = self.audio_enc(a_t, temb)                                    # [N, w, T', M']
+        h = F.adaptive_avg_pool2d(h, (h.shape[-2], self.audio_bands))
+        h = rearrange(self.audio_proj(rearrange(h, "n c t m -> n t (c m)")), "n t w -> n w t")
         pooled = h.mean(dim=-1)
         steps = self.audio_temporal(resample_time(h, self.num_frames_fused), temb)
         return rearrange(steps, "n w f -> n f w"), pooled
@@ -180,7 +190,9 @@ class Discriminator(nn.Module):
         n, frames = v_t.shape[:2]
         per_frame = self.video_enc(rearrange(v_t, "n f c h w -> (n f) c h w"),
                                    temb.repeat_interleave(frames, dim=0))
-        h = rearrange(per_frame.mean(dim=(-2, -1)), "(n f) w -> n w f", n=n)
+        cells = F.adaptive_avg_pool2d(per_frame, self.video_grid)
+        h = self.video_proj(rearrange(cells, "nf c h w -> nf (c h w)"))
+        h = rearrange(h, "(n f) w -> n w f", n=n)
         pooled = h.mean(dim=-1)
         steps = self.video_temporal(resample_time(h, self.num_frames_fused), temb)
         return rearrange(steps, "n w f -> n f w"), pooled

@@ -11,28 +11,21 @@ The "base models" are the exact marginal ε-predictors ``ε_m(x_t) = σ_t^m (K_t
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from torch import nn
 
 
-def _gaussian_log_density(x: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
-    """``log N(x; 0, cov)`` for ``x [N, d]`` and per-sample ``cov [N, d, d]``."""
-    precision, logdet = _per_unique(cov, lambda c: (torch.linalg.inv(c), torch.linalg.slogdet(c).logabsdet))
-    quad = torch.einsum("ni,nij,nj->n", x, precision, x)
-    return -0.5 * (quad + logdet + x.shape[-1] * math.log(2 * math.pi))
-
-
-def _per_unique(cov: torch.Tensor, fn):
-    """Apply ``fn`` to each distinct matrix of ``cov [N, d, d]`` only once (batches share t)."""
-    unique, inverse = torch.unique(cov.flatten(1), dim=0, return_inverse=True)
-    return tuple(out[inverse] for out in fn(unique.reshape(-1, *cov.shape[1:])))
+def _per_timestep(t: torch.Tensor, fn):
+    """Evaluate ``fn`` once when the batch shares one timestep (sampling), else per sample."""
+    t = t.long().cpu()
+    if bool((t == t[0]).all()):
+        return tuple(out.expand(len(t), *out.shape[1:]) for out in fn(t[:1]))
+    return fn(t)
 
 
 def _noisy_marginal_cov(S: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
-    """``K_t = ᾱ_t S + (1 − ᾱ_t) I`` for each ``ᾱ_t`` in ``alpha_bar [N]`` → ``[N, d, d]``."""
+    """``K_t = ᾱ_t S + (1 − ᾱ_t) I`` for each ``ᾱ_t`` in ``alpha_bar [U]`` → ``[U, d, d]``."""
     eye = torch.eye(S.shape[0], dtype=S.dtype, device=S.device)
     ab = alpha_bar.to(S.dtype)[:, None, None]
     return ab * S + (1 - ab) * eye
@@ -72,12 +65,12 @@ class GaussianBase:
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """``ε = σ_t (ᾱ_t S + σ_t² I)^{-1} x_t`` (``cond`` is not used: the model is unconditional)."""
-        ab = self._alphas_cumprod[t.long().cpu()].to(x_t.device)
-        cov = _noisy_marginal_cov(self.covariance.to(x_t.device), ab)
-        x = x_t.to(torch.float64)
-        (precision,) = _per_unique(cov, lambda c: (torch.linalg.inv(c),))
-        eps = (1 - ab).sqrt()[:, None] * torch.einsum("nij,nj->ni", precision, x)
-        return eps.to(x_t.dtype)
+        def weights(unique_t):
+            ab = self._alphas_cumprod[unique_t]
+            return ((1 - ab).sqrt()[:, None, None] * torch.linalg.inv(_noisy_marginal_cov(self.covariance, ab)),)
+
+        (W,) = _per_timestep(t, weights)
+        return torch.einsum("nij,nj->ni", W.to(x_t.device), x_t.to(torch.float64)).to(x_t.dtype)
 
 
 class GaussianWorld:
@@ -146,32 +139,36 @@ class GaussianWorld:
         return a, v
 
     def noisy_covariance(self, t: torch.Tensor) -> torch.Tensor:
-        """``K_t`` of the noisy joint for each timestep in ``t [N]`` → ``[N, d, d]``."""
+        """``K_t`` of the noisy joint for each timestep in ``t [U]`` → ``[U, d, d]``."""
         t = t.long().cpu()
         ab = torch.cat([self.base_a.alphas_cumprod()[t][:, None].expand(-1, self.audio_dim),
                         self.base_v.alphas_cumprod()[t][:, None].expand(-1, self.video_dim)], dim=1)
         scale = ab.sqrt()
         return scale[:, :, None] * self.covariance * scale[:, None, :] + torch.diag_embed(1 - ab)
 
+    def _log_r_terms(self, unique_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``log r_t = −½ xᵀ P_t x + c_t``: ``P_t = K_t^{-1} − blockdiag((K_t^A)^{-1}, (K_t^V)^{-1})``."""
+        da = self.audio_dim
+        K = self.noisy_covariance(unique_t)
+        Ka, Kv = K[:, :da, :da], K[:, da:, da:]
+        P = torch.linalg.inv(K)
+        P[:, :da, :da] -= torch.linalg.inv(Ka)
+        P[:, da:, da:] -= torch.linalg.inv(Kv)
+        c = -0.5 * (torch.logdet(K) - torch.logdet(Ka) - torch.logdet(Kv))
+        return P, c
+
     def log_r(self, a_t: torch.Tensor, v_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``log q_t(a, v) − log q_t^A(a) − log q_t^V(v)`` per pair (differentiable in the inputs)."""
-        da = self.audio_dim
-        K = self.noisy_covariance(t).to(a_t.device)
-        a, v = a_t.to(torch.float64), v_t.to(torch.float64)
-        joint = _gaussian_log_density(torch.cat([a, v], dim=-1), K)
-        out = joint - _gaussian_log_density(a, K[:, :da, :da]) - _gaussian_log_density(v, K[:, da:, da:])
-        return out.to(a_t.dtype)
+        P, c = (x.to(a_t.device) for x in _per_timestep(t, self._log_r_terms))
+        x = torch.cat([a_t, v_t], dim=-1).to(torch.float64)
+        return (-0.5 * torch.einsum("ni,nij,nj->n", x, P, x) + c).to(a_t.dtype)
 
     def grad_log_r(self, a_t: torch.Tensor, v_t: torch.Tensor,
                    t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Closed-form ``(∇_a log r_t, ∇_v log r_t) = −K_t^{-1} x + (−(K_t^m)^{-1} x^m)`` terms."""
-        da = self.audio_dim
-        K = self.noisy_covariance(t).to(a_t.device)
-        a, v = a_t.to(torch.float64), v_t.to(torch.float64)
-        joint = -torch.linalg.solve(K, torch.cat([a, v], dim=-1).unsqueeze(-1)).squeeze(-1)
-        ga = joint[:, :da] + torch.linalg.solve(K[:, :da, :da], a.unsqueeze(-1)).squeeze(-1)
-        gv = joint[:, da:] + torch.linalg.solve(K[:, da:, da:], v.unsqueeze(-1)).squeeze(-1)
-        return ga.to(a_t.dtype), gv.to(v_t.dtype)
+        """Closed-form ``(∇_a log r_t, ∇_v log r_t) = −P_t x`` split by modality."""
+        P, _ = (x.to(a_t.device) for x in _per_timestep(t, self._log_r_terms))
+        g = -torch.einsum("nij,nj->ni", P, torch.cat([a_t, v_t], dim=-1).to(torch.float64))
+        return g[:, :self.audio_dim].to(a_t.dtype), g[:, self.audio_dim:].to(v_t.dtype)
 
     def residual_module(self) -> "GaussianLogRatio":
         """The closed-form "discriminator": an ``nn.Module`` whose forward is ``log r_t``."""

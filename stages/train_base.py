@@ -1,0 +1,69 @@
+"""Stage `train_base_audio` / `train_base_video`: train one tiny single-modal base model.
+
+Only for the embedded default; pretrained bases skip it. Each base sees only its own
+modality's latents. Checkpoints live in `checkpoints/base_<modality>/` (outside DVC's outputs,
+which DVC clears before a stage runs), so rerunning an interrupted stage resumes it.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import click
+
+from mmdisco import tracking
+from mmdisco.config import to_dict
+from mmdisco.io import atomic_path, load_tensors, write_json
+from stages.common import load, params_option, stage_seed, user_errors
+
+
+def write_curve(path: Path, rows: list[dict]) -> None:
+    """A CSV that `dvc plots` draws (step on x)."""
+    keys = list(rows[0]) if rows else ["step"]
+    lines = [",".join(keys)] + [",".join(str(r[k]) for k in keys) for r in rows]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+@click.command("train-base")
+@params_option
+@click.option("--modality", type=click.Choice(["audio", "video"]), required=True)
+@click.option("--latents", "latents_dir", type=click.Path(file_okay=False, path_type=Path),
+              default="data/latents", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="model folder (save_pretrained layout + base.json)")
+@click.option("--checkpoints", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="resumable checkpoints [default: checkpoints/base_<modality>]")
+@click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=Path),
+              required=True)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              required=True, help="loss curve CSV")
+@user_errors
+def main(params_path: Path, modality: str, latents_dir: Path, out: Path, checkpoints: Path | None,
+         metrics_path: Path, plot_path: Path) -> None:
+    """Train the tiny base diffusion model of one modality on its latents (base.<modality>)."""
+    from mmdisco.bases.train import train_base
+
+    params = load(params_path)
+    cfg = getattr(params.base, modality)
+    latents = load_tensors(latents_dir / f"{modality}.safetensors")["latents"]
+    work = checkpoints or Path("checkpoints") / f"base_{modality}"
+    curve: list[dict] = []
+    with tracking.stage_run(f"train_base_{modality}", {"seed": params.seed,
+                                                       f"base.{modality}": to_dict(cfg)}) as run:
+        def log(step: int, stats: dict) -> None:
+            curve.append({"step": step, **{k: round(float(v), 6) for k, v in stats.items()}})
+            tracking.log_metrics(stats, step=step)
+
+        summary = train_base(latents, cfg, work, seed=stage_seed(params.seed, f"base_{modality}"),
+                             log=log)
+        summary["mlflow_run_id"] = run.info.run_id
+        tracking.log_metrics({k: v for k, v in summary.items() if k != "resumed_from"})
+    with atomic_path(out) as tmp:
+        shutil.copytree(work, tmp, ignore=shutil.ignore_patterns("checkpoint"))
+        write_json(tmp / "training.json", summary)
+    write_curve(plot_path, curve)
+    write_json(metrics_path, summary)
+    click.echo(f"train_base_{modality}: {summary['steps']} steps, final loss "
+               f"{summary['final_loss']:.4f}, {summary['num_parameters']} parameters, "
+               f"{summary['wall_s']:.1f} s -> {out}")

@@ -1,0 +1,81 @@
+"""Stage `train_discriminator`: learn D(a_t, v_t, t) to tell real pairs from negatives.
+
+Checkpoints live in `checkpoints/discriminator/` (outside DVC's outputs), so rerunning an
+interrupted stage resumes from the last one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import torch
+
+from mmdisco import tracking
+from mmdisco.bases import load_base
+from mmdisco.config import to_dict
+from mmdisco.guidance.discriminator import Discriminator
+from mmdisco.guidance.store import save_discriminator
+from mmdisco.guidance.train import train_discriminator
+from mmdisco.io import atomic_path, load_tensors, write_json
+from stages.common import load, params_option, stage_seed, user_errors
+from stages.train_base import write_curve
+
+
+@click.command("train-discriminator")
+@params_option
+@click.option("--latents", "latents_dir", type=click.Path(file_okay=False, path_type=Path),
+              default="data/latents", show_default=True)
+@click.option("--fakes", "fakes_dir", type=click.Path(file_okay=False, path_type=Path),
+              default="data/fakes", show_default=True)
+@click.option("--audio-base", type=click.Path(file_okay=False, path_type=Path),
+              default="models/base_audio", show_default=True)
+@click.option("--video-base", type=click.Path(file_okay=False, path_type=Path),
+              default="models/base_video", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              default="models/discriminator", show_default=True)
+@click.option("--checkpoints", type=click.Path(file_okay=False, path_type=Path),
+              default="checkpoints/discriminator", show_default=True)
+@click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=Path),
+              default="metrics/discriminator.json", show_default=True)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              default="plots/discriminator.csv", show_default=True)
+@user_errors
+def main(params_path: Path, latents_dir: Path, fakes_dir: Path, audio_base: Path,
+         video_base: Path, out: Path, checkpoints: Path, metrics_path: Path,
+         plot_path: Path) -> None:
+    """Train the joint discriminator on real vs negative pairs (discriminator.*, train.*)."""
+    params = load(params_path)
+    base_a, base_v = load_base(audio_base), load_base(video_base)
+    real_a = load_tensors(latents_dir / "audio.safetensors")["latents"]
+    real_v = load_tensors(latents_dir / "video.safetensors")["latents"]
+    fake_a = load_tensors(fakes_dir / "audio.safetensors")["latents"]
+    fake_v = load_tensors(fakes_dir / "video.safetensors")["latents"]
+    seed = stage_seed(params.seed, "train_discriminator")
+    dcfg = params.discriminator
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        D = Discriminator(audio_shape=tuple(real_a.shape[1:]), video_shape=tuple(real_v.shape[1:]),
+                          width=dcfg.width, time_dim=dcfg.time_dim, head_hidden=dcfg.head_hidden)
+    curve: list[dict] = []
+    run_params = {"seed": params.seed, "discriminator": to_dict(dcfg), "train": to_dict(params.train)}
+    with tracking.stage_run("train_discriminator", run_params) as run:
+        def log(step: int, stats: dict) -> None:
+            curve.append({"step": step, **{k: round(float(v), 6) for k, v in stats.items()}})
+            tracking.log_metrics(stats, step=step)
+
+        summary = train_discriminator(D, base_a, base_v, real_a=real_a, real_v=real_v,
+                                      fake_a=fake_a, fake_v=fake_v, cfg=params.train,
+                                      checkpoint_dir=checkpoints, seed=seed, log=log)
+        summary["base_parameters"] = base_a.num_parameters() + base_v.num_parameters()
+        summary["parameter_ratio"] = summary["num_parameters"] / summary["base_parameters"]
+        summary["mlflow_run_id"] = run.info.run_id
+        tracking.log_metrics({k: v for k, v in summary.items() if k != "resumed_from"})
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        save_discriminator(D, tmp)
+        write_json(tmp / "training.json", summary)
+    write_curve(plot_path, curve)
+    write_json(metrics_path, summary)
+    click.echo(f"train_discriminator: {summary['steps']} steps, {summary['num_parameters']} "
+               f"parameters ({100 * summary['parameter_ratio']:.1f}% of the bases), "
+               f"{summary['wall_s']:.1f} s -> {out}")
