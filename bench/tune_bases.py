@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from einops import rearrange
 
 from mmdisco.bases import load_base
 from mmdisco.bases.tiny import TinyBaseConfig
@@ -103,6 +104,20 @@ def _reason_kind(reason: str) -> str:
 
 
 @torch.no_grad()
+def denoise_report(base, latents: torch.Tensor, seed: int = 0) -> str:
+    """x0 MSE of the one-step denoiser at a few noise levels (lower is better), real latents."""
+    gen = torch.Generator().manual_seed(seed)
+    x0 = latents[torch.randperm(len(latents), generator=gen)[:128]]
+    ab, parts = base.alphas_cumprod(), []
+    for t in (100, 300, 500, 700, 900):
+        a, s = ab[t].sqrt().float(), (1 - ab[t]).sqrt().float()
+        x_t = a * x0 + s * torch.randn(x0.shape, generator=gen)
+        x0_hat = ((x_t - s * base.eps(x_t, torch.full((len(x0),), t))) / a).clamp(-1, 1)
+        parts.append(f"t{t}:{(x0_hat - x0).square().mean():.4f}")
+    return "x0-mse " + " ".join(parts)
+
+
+@torch.no_grad()
 def sample(base, n: int, steps: int, seed: int, batch: int = 256) -> torch.Tensor:
     """Unguided DDIM samples (eta = 0) from the base model."""
     gen = torch.Generator().manual_seed(seed)
@@ -118,6 +133,20 @@ def sample(base, n: int, steps: int, seed: int, batch: int = 256) -> torch.Tenso
     return torch.cat(out)
 
 
+def save_sheet(modality: str, latents: torch.Tensor, path: Path) -> None:
+    """A PNG of samples: one row per video clip (frames side by side) or mels side by side."""
+    from PIL import Image
+    if modality == "video":
+        pix = PixelEncoder().decode(latents).numpy()  # [N, F, H, W, 3]
+        sheet = rearrange(pix, "n f h w c -> (n h) (f w) c")
+    else:
+        img = ((latents[:, 0].clamp(-1, 1) + 1) * 127.5).round().byte().numpy()  # [N, T, M]
+        sheet = rearrange(img[:, :, ::-1], "n t m -> m (n t)")
+        sheet = np.repeat(sheet[..., None], 3, axis=-1)
+    Image.fromarray(np.ascontiguousarray(sheet)).resize(
+        (sheet.shape[1] * 4, sheet.shape[0] * 4), Image.NEAREST).save(path)
+
+
 # --------------------------------------------------------------------------- main
 def parse_set(cfg: TrainBaseConfig, items: list[str]) -> TrainBaseConfig:
     raw = to_dict(cfg)
@@ -127,8 +156,18 @@ def parse_set(cfg: TrainBaseConfig, items: list[str]) -> TrainBaseConfig:
         *path, last = key.split(".")
         for p in path:
             node = node[p]
-        node[last] = yaml.safe_load(value)
+        node[last] = _number(yaml.safe_load(value))
     return build(TrainBaseConfig, raw, "base")
+
+
+def _number(v):
+    """YAML 1.1 reads 5e-4 as a string; take it as the number it means."""
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
 
 
 def main() -> None:
@@ -177,6 +216,9 @@ def main() -> None:
     print(f"RESULT {cand} {args.modality} params {summary['num_parameters'] / 1e6:.2f}M "
           f"steps {cfg.steps} train {wall:.0f} s wall ({cpu:.0f} s cpu, {wall / cfg.steps * 1000:.0f} ms/step) "
           f"sample {samp:.1f} s  valid {v:.3f} (n={args.samples})  final loss {summary['final_loss']:.4f}")
+    print(f"  {denoise_report(base, latents)}")
+    if args.out is not None:
+        save_sheet(args.modality, x[:12], args.out / "samples.png")
     print(f"  rejections {reasons}\n  classes {classes}\n  set {args.set}", flush=True)
 
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from stages import acquire, encode, evaluate, extract_clips
+from stages import (acquire, encode, evaluate, extract_clips, sample, sample_fakes, train_base,
+                    train_discriminator)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,7 +17,8 @@ def main() -> None:
     """
 
 
-for _module in (acquire, extract_clips, encode, evaluate):
+for _module in (acquire, extract_clips, encode, train_base, sample_fakes, train_discriminator,
+                sample, evaluate):
     main.add_command(_module.main)
 
 if __name__ == "__main__":

@@ -130,6 +130,87 @@ class EvalConfig:
     max_pairs: int = _opt(0, lo=0, doc="0 = evaluate every clip")
 
 
+# --------------------------------------------------------------------------- base models
+@dataclass(frozen=True)
+class TinyBaseConfig:
+    """Architecture and parameterisation of one tiny base model."""
+
+    arch: str = _opt("unet2d", choices=("unet2d", "unet1d"),
+                     doc="unet2d: diffusers UNet2DModel (frames and patches as channels); "
+                         "unet1d: UNet1DModel over time, mel bins as channels (audio only)")
+    channels: tuple[int, ...] = _opt((64, 128), doc="width of each resolution level")
+    layers_per_block: int = _opt(1, lo=1, hi=4, doc="resnet layers per level")
+    attn_levels: tuple[int, ...] = _opt((), doc="levels (0 = finest) with self-attention (unet2d)")
+    mid_attention: bool = _opt(True, doc="self-attention in the middle block (unet2d)")
+    attn_head_dim: int = _opt(32, lo=4, doc="channels per attention head (unet2d)")
+    norm_groups: int = _opt(16, lo=1, doc="GroupNorm groups (unet1d always uses 8)")
+    patch: int = _opt(2, lo=1, hi=8, doc="pixels per side folded into channels (unet2d)")
+    prediction_type: str = _opt("edm", choices=("edm", "v_prediction", "epsilon", "sample"),
+                                doc="what the network outputs: EDM-preconditioned x_0, v, ε or x_0; "
+                                    "eps() always returns ε")
+    data_mean: float | None = _opt(None, doc="edm: latent mean μ; null = estimate from the "
+                                             "training latents")
+    sigma_data: float | None = _opt(None, lo=0.0, lo_open=True,
+                                    doc="edm: latent std σ_d around μ; null = estimate from the "
+                                        "training latents")
+    beta_schedule: str = _opt("squaredcos_cap_v2",
+                              choices=("squaredcos_cap_v2", "linear", "scaled_linear"),
+                              doc="noise schedule (Nichol & Dhariwal 2021 cosine by default)")
+    num_train_timesteps: int = _opt(1000, lo=2, hi=100000)
+    clip_sample: bool = _opt(True, doc="schedulers clip x0 predictions to [-1, 1] (latents live there)")
+
+    def validate(self, key: str) -> None:
+        if not self.channels:
+            raise ConfigError(f"{key}.channels must list at least one width")
+        for i, c in enumerate(self.channels):
+            groups = 8 if self.arch == "unet1d" else self.norm_groups
+            if c < 1 or c % groups:
+                raise ConfigError(f"{key}.channels[{i}] = {c} must be a positive multiple of "
+                                  f"{'8 (unet1d GroupNorm)' if self.arch == 'unet1d' else key + '.norm_groups'}"
+                                  f" ({groups})")
+        bad = [lv for lv in self.attn_levels if not 0 <= lv < len(self.channels)]
+        if bad:
+            raise ConfigError(f"{key}.attn_levels {bad} must index {key}.channels "
+                              f"(0 … {len(self.channels) - 1})")
+        uses_attn = self.arch == "unet2d" and (self.attn_levels or self.mid_attention)
+        if uses_attn and any(c % self.attn_head_dim for c in self.channels):
+            raise ConfigError(f"{key}.attn_head_dim ({self.attn_head_dim}) must divide every "
+                              f"width in {key}.channels {tuple(self.channels)}")
+
+
+@dataclass(frozen=True)
+class TrainBaseConfig:
+    """One base model's architecture and training schedule."""
+
+    model: TinyBaseConfig = _opt(TinyBaseConfig())
+    steps: int = _opt(1500, lo=1, doc="optimiser steps")
+    batch_size: int = _opt(64, lo=1)
+    lr: float = _opt(2e-3, lo=0.0, lo_open=True, doc="peak learning rate")
+    warmup_steps: int = _opt(100, lo=0, doc="linear warmup from 0 to lr")
+    min_lr_ratio: float = _opt(0.05, lo=0.0, hi=1.0, doc="cosine decay ends at lr × this")
+    weight_decay: float = _opt(0.0, lo=0.0)
+    adam_beta2: float = _opt(0.99, lo=0.0, hi=0.9999)
+    grad_clip: float = _opt(1.0, lo=0.0, doc="max global gradient norm; 0 = off")
+    ema_decay: float = _opt(0.995, lo=0.0, hi=1.0, doc="EMA decay cap; (1+n)/(10+n) early on")
+    min_snr_gamma: float = _opt(0.0, lo=0.0, doc="cap on the loss's x_0 weight (min-SNR-γ); 0 = off")
+    hflip: bool = _opt(False, doc="mirror video latents left-right at random (video only)")
+    checkpoint_every: int = _opt(500, lo=1, doc="steps between resumable checkpoints")
+    log_every: int = _opt(50, lo=1, doc="steps between loss logs")
+
+    def validate(self, key: str) -> None:
+        if self.warmup_steps >= self.steps:
+            raise ConfigError(f"{key}.warmup_steps ({self.warmup_steps}) must be < {key}.steps "
+                              f"({self.steps})")
+
+
+@dataclass(frozen=True)
+class BaseConfig:
+    """The embedded default's two tiny base models, each trained alone on its modality."""
+
+    audio: TrainBaseConfig = _opt(TrainBaseConfig())
+    video: TrainBaseConfig = _opt(TrainBaseConfig())
+
+
 @dataclass(frozen=True)
 class FakesConfig:
     """The fake-pair bank: each base samples alone, pairs are formed at random."""
@@ -192,6 +273,7 @@ class Params:
     data: DataConfig = _opt(DataConfig())
     encoders: EncodersConfig = _opt(EncodersConfig())
     eval: EvalConfig = _opt(EvalConfig())
+    base: BaseConfig = _opt(BaseConfig())
     fakes: FakesConfig = _opt(FakesConfig())
     discriminator: DiscriminatorConfig = _opt(DiscriminatorConfig())
     train: TrainConfig = _opt(TrainConfig())

@@ -19,8 +19,8 @@ from stages.common import load, params_option, stage_seed, user_errors
 
 def write_curve(path: Path, rows: list[dict]) -> None:
     """A CSV that `dvc plots` draws (step on x)."""
-    keys = list(rows[0]) if rows else ["step"]
-    lines = [",".join(keys)] + [",".join(str(r[k]) for k in keys) for r in rows]
+    keys = list(dict.fromkeys(k for r in rows for k in r)) or ["step"]
+    lines = [",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in rows]
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
 

@@ -94,6 +94,7 @@ def test_save_load_round_trip(tmp_path, cfg, shape):
     assert loaded.modality == base.modality and loaded.latent_shape == shape
     assert not any(p.requires_grad for p in loaded.parameters())
     x, t = torch.randn(2, *shape), torch.tensor([3, 700])
+    base.requires_grad_(False)  # CPU kernels may round differently for weights needing grads
     with torch.no_grad():
         assert torch.equal(loaded.eps(x, t), base.eps(x, t))
 

@@ -1,9 +1,10 @@
 """Tiny single-modal diffusion bases for the embedded default, built from diffusers UNets.
 
 Notation (README, "The method"): ``x_t = sqrt(ᾱ_t) x_0 + σ_t ε`` with ``σ_t = sqrt(1 − ᾱ_t)``.
-The network may predict ε or the velocity ``v = sqrt(ᾱ_t) ε − σ_t x_0`` (Salimans & Ho 2022,
-https://arxiv.org/abs/2202.00512); ``eps`` always returns ε, converted exactly by
-``ε = sqrt(ᾱ_t) v + σ_t x_t``.
+The network may predict ε, the velocity ``v = sqrt(ᾱ_t) ε − σ_t x_0`` (Salimans & Ho 2022,
+https://arxiv.org/abs/2202.00512), ``x_0`` itself, or an EDM-preconditioned target (see
+``TinyBase._edm``); ``eps`` always returns ε, converted exactly, e.g. ``ε = sqrt(ᾱ_t) v + σ_t x_t``
+or ``ε = (x_t − sqrt(ᾱ_t) x̂_0) / σ_t``.
 
 Layouts: audio latent ``[N, C, T, M]``, video latent ``[N, F, C, H, W]``. The ``unet2d`` arch
 folds ``patch × patch`` pixels (and, for video, the frames) into channels; ``unet1d`` (audio
@@ -15,7 +16,6 @@ import dataclasses
 import hashlib
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,54 +23,13 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet1DModel, UNet2DModel
 from einops import rearrange
 
 from mmdisco.bases.protocol import sigma, sqrt_alpha_bar
-from mmdisco.config import ConfigError, _check_range, _opt, to_dict
+from mmdisco.config import ConfigError, TinyBaseConfig, _check_range, to_dict
 from mmdisco.io import atomic_path, write_json
 
 KIND = "tiny"
 CONFIG_FILE = "base.json"
 UNET_DIR = "unet"
 SCHEDULERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
-
-
-@dataclass(frozen=True)
-class TinyBaseConfig:
-    """Architecture and parameterisation of one tiny base model."""
-
-    arch: str = _opt("unet2d", choices=("unet2d", "unet1d"),
-                     doc="unet2d: diffusers UNet2DModel (frames and patches as channels); "
-                         "unet1d: UNet1DModel over time, mel bins as channels (audio only)")
-    channels: tuple[int, ...] = _opt((64, 128), doc="width of each resolution level")
-    layers_per_block: int = _opt(1, lo=1, hi=4, doc="resnet layers per level")
-    attn_levels: tuple[int, ...] = _opt((), doc="levels (0 = finest) with self-attention (unet2d)")
-    mid_attention: bool = _opt(True, doc="self-attention in the middle block (unet2d)")
-    attn_head_dim: int = _opt(32, lo=4, doc="channels per attention head (unet2d)")
-    norm_groups: int = _opt(16, lo=1, doc="GroupNorm groups (unet1d always uses 8)")
-    patch: int = _opt(2, lo=1, hi=8, doc="pixels per side folded into channels (unet2d)")
-    prediction_type: str = _opt("v_prediction", choices=("v_prediction", "epsilon"),
-                                doc="what the network outputs; eps() always returns ε")
-    beta_schedule: str = _opt("squaredcos_cap_v2",
-                              choices=("squaredcos_cap_v2", "linear", "scaled_linear"),
-                              doc="noise schedule (Nichol & Dhariwal 2021 cosine by default)")
-    num_train_timesteps: int = _opt(1000, lo=2, hi=100000)
-    clip_sample: bool = _opt(True, doc="schedulers clip x0 predictions to [-1, 1] (latents live there)")
-
-    def validate(self, key: str) -> None:
-        if not self.channels:
-            raise ConfigError(f"{key}.channels must list at least one width")
-        for i, c in enumerate(self.channels):
-            groups = 8 if self.arch == "unet1d" else self.norm_groups
-            if c < 1 or c % groups:
-                raise ConfigError(f"{key}.channels[{i}] = {c} must be a positive multiple of "
-                                  f"{'8 (unet1d GroupNorm)' if self.arch == 'unet1d' else key + '.norm_groups'}"
-                                  f" ({groups})")
-        bad = [lv for lv in self.attn_levels if not 0 <= lv < len(self.channels)]
-        if bad:
-            raise ConfigError(f"{key}.attn_levels {bad} must index {key}.channels "
-                              f"(0 … {len(self.channels) - 1})")
-        uses_attn = self.arch == "unet2d" and (self.attn_levels or self.mid_attention)
-        if uses_attn and any(c % self.attn_head_dim for c in self.channels):
-            raise ConfigError(f"{key}.attn_head_dim ({self.attn_head_dim}) must divide every "
-                              f"width in {key}.channels {tuple(self.channels)}")
 
 
 def check_config(cfg, key: str = "model"):
@@ -169,6 +128,8 @@ class TinyBase(torch.nn.Module):
         self.num_train_timesteps = cfg.num_train_timesteps
         self.unet = unet if unet is not None else build_unet(cfg, self.latent_shape)
         self._alpha_bar = make_scheduler(cfg, "ddpm").alphas_cumprod.to(torch.float64)
+        self.data_mean = 0.0 if cfg.data_mean is None else cfg.data_mean
+        self.sigma_data = 1.0 if cfg.sigma_data is None else cfg.sigma_data
 
     # ------------------------------------------------------------------ protocol
     def alphas_cumprod(self) -> torch.Tensor:
@@ -179,15 +140,76 @@ class TinyBase(torch.nn.Module):
         return make_scheduler(self.cfg, kind)
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """ε prediction; a v-predicting network is converted by ``ε = sqrt(ᾱ_t) v + σ_t x_t``."""
+        """ε prediction, converted exactly from whatever the network predicts."""
         if cond is not None:
             raise ValueError("tiny bases are unconditional; pass cond=None")
         return self.output_to_eps(self.forward(x_t, t), x_t, t)
 
+    # ------------------------------------------------------------------ parameterisation
+    # a = sqrt(ᾱ_t), s = σ_t; "edm" (Karras et al. 2022, https://arxiv.org/abs/2206.00364, in VP
+    # form) centres x_t on μ = data_mean and, with σ_d = sigma_data, predicts
+    #   F = (x_0 − μ − c_skip x'_t) / c_out,  x'_t = x_t − a μ,
+    #   c_skip = a σ_d² / (a² σ_d² + s²),  c_out = σ_d s / sqrt(a² σ_d² + s²),
+    # from the input c_in x'_t with c_in = 1 / sqrt(a² σ_d² + s²). With μ = 0, σ_d = 1 it is −v.
+    def _coefs(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return sqrt_alpha_bar(self._alpha_bar, t, like), sigma(self._alpha_bar, t, like)
+
+    def _edm(self, t: torch.Tensor, like: torch.Tensor) -> dict[str, torch.Tensor]:
+        a, s = self._coefs(t, like)
+        sd = self.sigma_data
+        norm = (a.square() * sd ** 2 + s.square()).sqrt()
+        return {"a": a, "s": s, "c_in": 1.0 / norm, "c_skip": a * sd ** 2 / norm.square(),
+                "c_out": sd * s / norm}
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the network should output for clean ``x0`` noised with ``noise`` at ``t``."""
+        kind = self.cfg.prediction_type
+        if kind == "epsilon":
+            return noise
+        if kind == "sample":
+            return x0
+        a, s = self._coefs(t, x0)
+        if kind == "v_prediction":
+            return a * noise - s * x0
+        c = self._edm(t, x0)
+        x_t_c = a * (x0 - self.data_mean) + s * noise
+        return (x0 - self.data_mean - c["c_skip"] * x_t_c) / c["c_out"]
+
+    def output_to_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Convert a network output to ε exactly (identity for ε-prediction)."""
+        kind = self.cfg.prediction_type
+        if kind == "epsilon":
+            return out
+        a, s = self._coefs(t, x_t)
+        if kind == "sample":
+            return (x_t - a * out) / s
+        if kind == "v_prediction":
+            return a * out + s * x_t
+        c = self._edm(t, x_t)
+        x_t_c = x_t - a * self.data_mean
+        x0_c = c["c_skip"] * x_t_c + c["c_out"] * out
+        return (x_t_c - a * x0_c) / s
+
+    def x0_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """Weight that the plain MSE on this network's target puts on x_0 errors, per sample [N]."""
+        ab = self._alpha_bar[t.long()]
+        snr = ab / (1.0 - ab)
+        kind = self.cfg.prediction_type
+        if kind == "epsilon":
+            return snr
+        if kind == "v_prediction":
+            return snr + 1.0
+        if kind == "sample":
+            return torch.ones_like(snr)
+        return snr + 1.0 / self.sigma_data ** 2
+
     # ------------------------------------------------------------------ network
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The raw network output (ε or v, per ``cfg.prediction_type``) in the latent layout."""
+        """The raw network output (per ``cfg.prediction_type``) in the latent layout."""
         self._check_input(x_t, t)
+        if self.cfg.prediction_type == "edm":
+            c = self._edm(t, x_t)
+            x_t = c["c_in"] * (x_t - c["a"] * self.data_mean)
         t = t.to(x_t.device).long()
         if self.cfg.arch == "unet1d":
             out = self.unet(rearrange(x_t, "n c t m -> n (c m) t"), t).sample
@@ -201,12 +223,6 @@ class TinyBase(torch.nn.Module):
         h = rearrange(x_t, "n c (t p1) (m p2) -> n (c p1 p2) t m", p1=p, p2=p)
         out = self.unet(h, t).sample
         return rearrange(out, "n (c p1 p2) t m -> n c (t p1) (m p2)", p1=p, p2=p)
-
-    def output_to_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Convert a network output to ε exactly (identity for ε-prediction)."""
-        if self.cfg.prediction_type == "epsilon":
-            return out
-        return sqrt_alpha_bar(self._alpha_bar, t, x_t) * out + sigma(self._alpha_bar, t, x_t) * x_t
 
     def _check_input(self, x_t: torch.Tensor, t: torch.Tensor) -> None:
         if tuple(x_t.shape[1:]) != self.latent_shape:

@@ -1,56 +1,31 @@
 """Train a tiny base model on latents: AdamW, warmup + cosine decay, clipping, EMA, resumable.
 
 Loss (Salimans & Ho 2022 v-prediction, Hang et al. 2023 min-SNR-γ weighting,
-https://arxiv.org/abs/2303.09556): with ``snr_t = ᾱ_t / σ_t²``, target ``v = sqrt(ᾱ_t) ε − σ_t x_0``
-(or ε), weight ``min(snr_t, γ) / (snr_t + 1)`` for v (``min(snr_t, γ) / snr_t`` for ε); γ = 0
-turns the weighting off. Every random draw (batch indices, timesteps, noise, flips) comes from
+https://arxiv.org/abs/2303.09556): MSE between the network output and its target
+(``v = sqrt(ᾱ_t) ε − σ_t x_0``, ε or x_0), weighted per sample by ``loss_weight`` (γ = 0: none). Every random draw (batch indices, timesteps, noise, flips) comes from
 one ``torch.Generator`` seeded from ``seed`` whose state is checkpointed, so a resumed run
 ends with exactly the weights of an uninterrupted one.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from mmdisco.bases.tiny import TinyBase, TinyBaseConfig, check_config, check_shape
-from mmdisco.config import ConfigError, _opt, to_dict
+from mmdisco.bases.protocol import sigma, sqrt_alpha_bar
+from mmdisco.bases.tiny import TinyBase, check_config, check_shape
+from mmdisco.config import ConfigError, TrainBaseConfig, to_dict
 from mmdisco.io import atomic_path, read_json
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
-
-
-@dataclass(frozen=True)
-class TrainBaseConfig:
-    """One base model's architecture and training schedule."""
-
-    model: TinyBaseConfig = _opt(TinyBaseConfig())
-    steps: int = _opt(1500, lo=1, doc="optimiser steps")
-    batch_size: int = _opt(64, lo=1)
-    lr: float = _opt(2e-3, lo=0.0, lo_open=True, doc="peak learning rate")
-    warmup_steps: int = _opt(100, lo=0, doc="linear warmup from 0 to lr")
-    min_lr_ratio: float = _opt(0.05, lo=0.0, hi=1.0, doc="cosine decay ends at lr × this")
-    weight_decay: float = _opt(0.0, lo=0.0)
-    adam_beta2: float = _opt(0.99, lo=0.0, hi=0.9999)
-    grad_clip: float = _opt(1.0, lo=0.0, doc="max global gradient norm; 0 = off")
-    ema_decay: float = _opt(0.995, lo=0.0, hi=1.0, doc="EMA decay cap; (1+n)/(10+n) early on")
-    min_snr_gamma: float = _opt(5.0, lo=0.0, doc="min-SNR-γ loss weighting; 0 = off")
-    hflip: bool = _opt(False, doc="mirror video latents left-right at random (video only)")
-    checkpoint_every: int = _opt(500, lo=1, doc="steps between resumable checkpoints")
-    log_every: int = _opt(50, lo=1, doc="steps between loss logs")
-
-    def validate(self, key: str) -> None:
-        if self.warmup_steps >= self.steps:
-            raise ConfigError(f"{key}.warmup_steps ({self.warmup_steps}) must be < {key}.steps "
-                              f"({self.steps})")
 
 
 def learning_rate(cfg: TrainBaseConfig, step: int) -> float:
@@ -67,25 +42,33 @@ def ema_decay(cfg: TrainBaseConfig, step: int) -> float:
     return min(cfg.ema_decay, (1.0 + step) / (10.0 + step))
 
 
-def loss_weight(cfg: TrainBaseConfig, alpha_bar: torch.Tensor) -> torch.Tensor:
-    """Per-sample min-SNR-γ weights for gathered ``ᾱ_t`` [B] (ones when γ = 0)."""
+def loss_weight(cfg: TrainBaseConfig, base: TinyBase, t: torch.Tensor) -> torch.Tensor:
+    """Per-sample min-SNR-γ weights on the MSE of the network's own target (ones when γ = 0).
+
+    That MSE weighs x_0 errors by ``W`` (snr for ε, snr + 1 for v, 1 for x_0, snr + 1/σ_d² for
+    edm); min-SNR caps it at γ: weight ``min(W, γ) / W`` (Hang et al.'s rule for ε and v).
+    """
+    w = base.x0_weight(t)
     if cfg.min_snr_gamma == 0:
-        return torch.ones_like(alpha_bar)
-    snr = alpha_bar / (1.0 - alpha_bar)
-    clipped = snr.clamp(max=cfg.min_snr_gamma)
-    return clipped / (snr + 1.0) if cfg.model.prediction_type == "v_prediction" else clipped / snr
+        return torch.ones_like(w)
+    return w.clamp(max=cfg.min_snr_gamma) / w
 
 
 def diffusion_loss(base: TinyBase, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
                    cfg: TrainBaseConfig) -> torch.Tensor:
-    """Weighted MSE between the network output and its target (v or ε) at timesteps ``t``."""
-    ab = base.alphas_cumprod()[t]
-    a = ab.sqrt().to(x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
-    s = (1.0 - ab).sqrt().to(x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
+    """Weighted MSE between the network output and its target at timesteps ``t``."""
+    a = sqrt_alpha_bar(base.alphas_cumprod(), t, x0)
+    s = sigma(base.alphas_cumprod(), t, x0)
     x_t = a * x0 + s * noise
-    target = a * noise - s * x0 if cfg.model.prediction_type == "v_prediction" else noise
-    per_sample = (base(x_t, t) - target).square().flatten(1).mean(1)
-    return (loss_weight(cfg, ab).to(x0.dtype) * per_sample).mean()
+    per_sample = (base(x_t, t) - base.target(x0, noise, t)).square().flatten(1).mean(1)
+    return (loss_weight(cfg, base, t).to(x0.dtype) * per_sample).mean()
+
+
+def resolve_data_stats(cfg: TinyBaseConfig, latents: torch.Tensor) -> TinyBaseConfig:
+    """Fill ``data_mean`` / ``sigma_data`` left null with the latents' mean and std around it."""
+    mean = float(latents.mean()) if cfg.data_mean is None else cfg.data_mean
+    std = float((latents - mean).std()) if cfg.sigma_data is None else cfg.sigma_data
+    return dataclasses.replace(cfg, data_mean=round(mean, 6), sigma_data=round(max(std, 1e-3), 6))
 
 
 # --------------------------------------------------------------------------- state
@@ -147,7 +130,7 @@ def train_base(latents: torch.Tensor, cfg: TrainBaseConfig, out_dir: Path, *, se
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG left untouched
         torch.manual_seed(seed)
-        base = TinyBase(cfg.model, tuple(latents.shape[1:]))
+        base = TinyBase(resolve_data_stats(cfg.model, latents), tuple(latents.shape[1:]))
     ema = copy.deepcopy(base.unet).requires_grad_(False)
     params = [p for p in base.unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, cfg.adam_beta2),
@@ -187,7 +170,7 @@ def train_base(latents: torch.Tensor, cfg: TrainBaseConfig, out_dir: Path, *, se
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             _save_checkpoint(ckpt, step, base, ema, opt, gen, fingerprint)
     # 4. final model = EMA weights
-    final = TinyBase(cfg.model, base.latent_shape, unet=ema)
+    final = TinyBase(base.cfg, base.latent_shape, unet=ema)
     final.save(out_dir)
     return {"steps": cfg.steps, "resumed_from": resumed_from, "final_loss": last.get("loss"),
             "wall_s": time.perf_counter() - started, "num_parameters": final.num_parameters(),
