@@ -1,6 +1,7 @@
 """Time every stage of the default pipeline in a throw-away copy of the project.
 
-    python bench/pipeline.py [--set data.synth.num_classes=8 ...] [--out bench/pipeline.json]
+    python bench/pipeline.py [--set data.synth.num_classes=8 ...] [--stages acquire,encode]
+                             [--out bench/pipeline.json]
 
 Prints one line per stage (wall seconds) and writes a JSON report. No asserts: a benchmark
 measures, it does not judge.
@@ -24,6 +25,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="params override (YAML value), repeatable")
+    ap.add_argument("--stages", default=None,
+                    help="comma-separated stages to time, in dvc.yaml order [default: all]")
     ap.add_argument("--out", type=Path, default=Path("bench/pipeline.json"))
     args = ap.parse_args()
     overrides = {}
@@ -33,7 +36,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mmdisco-bench-") as tmp:
         proj = make_project(Path(tmp) / "proj", overrides)
         timings, total0 = {}, time.perf_counter()
-        for stage in yaml.safe_load((proj / "dvc.yaml").read_text())["stages"]:
+        stages = list(yaml.safe_load((proj / "dvc.yaml").read_text())["stages"])
+        if args.stages:
+            wanted = args.stages.split(",")
+            unknown = sorted(set(wanted) - set(stages))
+            if unknown:
+                ap.error(f"unknown stage(s) {', '.join(unknown)}; dvc.yaml has {', '.join(stages)}")
+            stages = [s for s in stages if s in wanted]
+        for stage in stages:
             t0 = time.perf_counter()
             out = run(["dvc", "repro", "--single-item", stage], proj).stdout
             timings[stage] = round(time.perf_counter() - t0, 2)

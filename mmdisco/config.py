@@ -207,7 +207,11 @@ class TrainBaseConfig:
 class BaseConfig:
     """The embedded default's two tiny base models, each trained alone on its modality."""
 
-    audio: TrainBaseConfig = _opt(TrainBaseConfig())
+    # audio: a 2D UNet over (time, mel) folded into 4×4 patches; 500 steps reach ~99% valid
+    # samples in under a minute on 2 CPU cores (bench/tune_bases.py)
+    audio: TrainBaseConfig = _opt(TrainBaseConfig(
+        model=TinyBaseConfig(arch="unet2d", channels=(32, 64), patch=4), steps=500,
+        warmup_steps=50))
     video: TrainBaseConfig = _opt(TrainBaseConfig())
 
 

@@ -50,7 +50,7 @@ def main(params_path: Path, raw: Path, out: Path, metrics_path: Path) -> None:
     summary = extract_clips(files, out, params.data.clip, labels=labels)
     write_json(metrics_path, summary)
     click.echo(f"extract_clips: {summary['clips']} clips from {summary['used_files']} files, "
-               f"{summary['rejected_files']} rejected, in {summary['seconds']} s -> {out}")
+               f"{summary['rejected_files']} rejected, in {summary['seconds']:.1f} s -> {out}")
     with tracking.stage_run("extract_clips", {"data.clip": to_dict(params.data.clip)}):
         tracking.log_metrics(summary)
         import mlflow

@@ -8,14 +8,17 @@ import torch
 
 from mmdisco.bases import BaseModel, load_base
 from mmdisco.bases.tiny import TinyBase, TinyBaseConfig
-from mmdisco.bases.train import (CHECKPOINT_DIR, TrainBaseConfig, ema_decay, learning_rate,
+from mmdisco.bases.train import (CHECKPOINT_DIR, ema_decay, learning_rate, resolve_data_stats,
                                  train_base)
-from mmdisco.config import ConfigError, build
+from mmdisco.config import ConfigError, TrainBaseConfig, build
 
 AUDIO = (1, 8, 8)          # (C, T, M)
 VIDEO = (2, 3, 8, 8)       # (F, C, H, W)
-A_CFG = TinyBaseConfig(arch="unet1d", channels=(8, 16))
-V_CFG = TinyBaseConfig(channels=(16, 32), patch=2, norm_groups=8, attn_head_dim=8, attn_levels=(1,))
+A_CFG = TinyBaseConfig(channels=(8, 16), patch=2, norm_groups=4, attn_head_dim=8,
+                       data_mean=-0.5, sigma_data=0.2)
+V_CFG = TinyBaseConfig(channels=(16, 32), patch=2, norm_groups=8, attn_head_dim=8, attn_levels=(1,),
+                       prediction_type="v_prediction")
+KINDS = ("edm", "v_prediction", "epsilon", "sample")
 
 
 def _base(cfg: TinyBaseConfig, shape: tuple[int, ...], seed: int = 0) -> TinyBase:
@@ -29,20 +32,25 @@ def _train_cfg(**kw) -> TrainBaseConfig:
 
 
 # --------------------------------------------------------------------------- maths
-@pytest.mark.parametrize("cfg,shape", [(A_CFG, AUDIO), (V_CFG, VIDEO)])
-def test_v_prediction_converts_exactly_to_eps(cfg, shape):
-    base = _base(cfg, shape)
-    assert isinstance(base, BaseModel)
+def _noised(base: TinyBase, shape: tuple[int, ...], t: torch.Tensor):
     g = torch.Generator().manual_seed(1)
-    x0, noise = torch.randn((5, *shape), generator=g), torch.randn((5, *shape), generator=g)
-    t = torch.tensor([0, 10, 500, 900, 999])
+    x0 = torch.rand((len(t), *shape), generator=g) * 2 - 1
+    noise = torch.randn((len(t), *shape), generator=g)
     ab = base.alphas_cumprod()[t].reshape(-1, *[1] * len(shape))
     a, s = ab.sqrt(), (1 - ab).sqrt()
-    x_t = (a * x0 + s * noise).float()
+    return x0, noise, a, s, (a * x0 + s * noise).float()
+
+
+@pytest.mark.parametrize("cfg,shape", [(A_CFG, AUDIO), (V_CFG, VIDEO)])
+def test_v_prediction_converts_exactly_to_eps(cfg, shape):
+    base = _base(TinyBaseConfig(**{**cfg.__dict__, "prediction_type": "v_prediction"}), shape)
+    assert isinstance(base, BaseModel)
+    t = torch.tensor([0, 10, 500, 900, 999])
+    x0, noise, a, s, x_t = _noised(base, shape, t)
+    # the definition: the true v yields the true noise
     v = (a * noise - s * x0).float()
-    # the definition: a perfect v-predictor yields the true noise
-    eps = base.output_to_eps(v, x_t, t)
-    torch.testing.assert_close(eps, noise.float(), atol=2e-5, rtol=0)
+    torch.testing.assert_close(base.output_to_eps(v, x_t, t), noise.float(), atol=2e-5, rtol=0)
+    torch.testing.assert_close(base.target(x0.float(), noise.float(), t), v, atol=1e-6, rtol=0)
     # eps() is the network output pushed through ε = sqrt(ᾱ) v + σ x_t
     with torch.no_grad():
         out, got = base(x_t, t), base.eps(x_t, t)
@@ -50,8 +58,50 @@ def test_v_prediction_converts_exactly_to_eps(cfg, shape):
     assert got.shape == x_t.shape and not torch.allclose(got, out)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_target_converts_back_to_the_noise(kind):
+    base = _base(TinyBaseConfig(**{**A_CFG.__dict__, "prediction_type": kind}), AUDIO)
+    t = torch.tensor([1, 30, 400, 800, 990])
+    x0, noise, _, _, x_t = _noised(base, AUDIO, t)
+    target = base.target(x0.float(), noise.float(), t)
+    torch.testing.assert_close(base.output_to_eps(target, x_t, t), noise.float(), atol=5e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_x0_weight_is_what_the_target_mse_puts_on_x0(kind):
+    """Moving x̂_0 by δ (x_t fixed) moves the target by sqrt(W)·δ."""
+    base = _base(TinyBaseConfig(**{**A_CFG.__dict__, "prediction_type": kind}), AUDIO)
+    t = torch.tensor([5, 300, 700, 950])
+    x0, noise, a, s, _ = _noised(base, AUDIO, t)
+    x0, noise = x0.double(), noise.double()
+    delta = 1e-3 * torch.randn(x0.shape, dtype=torch.float64)
+    x0_b, noise_b = x0 + delta, noise - a / s * delta  # same x_t
+    base.double()
+    moved = base.target(x0_b, noise_b, t) - base.target(x0, noise, t)
+    ratio = moved.square().flatten(1).sum(1) / delta.square().flatten(1).sum(1)
+    torch.testing.assert_close(ratio, base.x0_weight(t), rtol=1e-6, atol=0)
+
+
+def test_edm_with_unit_stats_is_minus_v():
+    base = _base(TinyBaseConfig(**{**A_CFG.__dict__, "data_mean": 0.0, "sigma_data": 1.0}), AUDIO)
+    t = torch.tensor([3, 500, 999])
+    x0, noise, a, s, _ = _noised(base, AUDIO, t)
+    x0, noise = x0.double(), noise.double()
+    torch.testing.assert_close(base.target(x0, noise, t), -(a * noise - s * x0), atol=1e-12, rtol=0)
+
+
+def test_data_stats_are_estimated_only_when_null():
+    latents = torch.full((4, *AUDIO), -0.5)
+    latents[:, 0, 0, 0] = 1.0
+    cfg = resolve_data_stats(TinyBaseConfig(), latents)
+    assert cfg.data_mean == pytest.approx(float(latents.mean()), abs=1e-6)
+    assert cfg.sigma_data == pytest.approx(float(latents.std()), abs=1e-5)
+    kept = resolve_data_stats(TinyBaseConfig(data_mean=0.25, sigma_data=0.1), latents)
+    assert (kept.data_mean, kept.sigma_data) == (0.25, 0.1)
+
+
 def test_eps_prediction_passes_through():
-    base = _base(TinyBaseConfig(arch="unet1d", channels=(8, 16), prediction_type="epsilon"), AUDIO)
+    base = _base(TinyBaseConfig(**{**A_CFG.__dict__, "prediction_type": "epsilon"}), AUDIO)
     x, t = torch.randn(3, *AUDIO), torch.tensor([1, 2, 3])
     with torch.no_grad():
         assert torch.equal(base.eps(x, t), base(x, t))
@@ -83,13 +133,14 @@ def test_learning_rate_and_ema_schedules():
 
 
 # --------------------------------------------------------------------------- storage
-@pytest.mark.parametrize("cfg,shape", [(A_CFG, AUDIO), (V_CFG, VIDEO)])
+@pytest.mark.parametrize("cfg,shape", [(A_CFG, AUDIO), (V_CFG, VIDEO),
+                                       (TinyBaseConfig(arch="unet1d", channels=(8, 16)), AUDIO)])
 def test_save_load_round_trip(tmp_path, cfg, shape):
     base = _base(cfg, shape)
     base.save(tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "base.json").read_text())
     assert meta["kind"] == "tiny" and meta["latent_shape"] == list(shape)
-    assert meta["prediction_type"] == "v_prediction"
+    assert meta["prediction_type"] == cfg.prediction_type
     loaded = load_base(tmp_path / "m")
     assert loaded.modality == base.modality and loaded.latent_shape == shape
     assert not any(p.requires_grad for p in loaded.parameters())
@@ -166,7 +217,7 @@ def test_saved_model_is_the_ema(tmp_path):
 
 
 def test_training_reduces_the_loss(tmp_path):
-    latents = torch.zeros(16, *AUDIO)
+    latents = torch.full((16, *AUDIO), -1.0)
     latents[:, :, :, 2] = 1.0  # one bright mel bin
     losses = []
     cfg = _train_cfg(steps=60, warmup_steps=5, batch_size=16, checkpoint_every=60,
@@ -178,7 +229,8 @@ def test_training_reduces_the_loss(tmp_path):
 # --------------------------------------------------------------------------- config
 @pytest.mark.parametrize("raw,key", [
     ({"model": {"arch": "transformer"}}, "bases.audio.model.arch"),
-    ({"model": {"prediction_type": "sample"}}, "bases.audio.model.prediction_type"),
+    ({"model": {"prediction_type": "x0"}}, "bases.audio.model.prediction_type"),
+    ({"model": {"sigma_data": 0.0}}, "bases.audio.model.sigma_data"),
     ({"model": {"channels": [64, 100]}}, "bases.audio.model.channels[1]"),
     ({"model": {"attn_levels": [5]}}, "bases.audio.model.attn_levels"),
     ({"model": {"patch": 0}}, "bases.audio.model.patch"),
@@ -200,6 +252,6 @@ def test_config_built_in_code_is_checked_too(tmp_path):
         TinyBase(TinyBaseConfig(channels=(16, 32, 32), patch=4, norm_groups=8,
                                 attn_head_dim=8), VIDEO)
     with pytest.raises(ConfigError, match="'unet1d' is for audio"):
-        TinyBase(A_CFG, VIDEO)
+        TinyBase(TinyBaseConfig(arch="unet1d", channels=(8, 16)), VIDEO)
     with pytest.raises(ConfigError, match="hflip"):
         train_base(torch.zeros(4, *AUDIO), _train_cfg(hflip=True), tmp_path, seed=0)
