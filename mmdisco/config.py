@@ -145,6 +145,10 @@ class TinyBaseConfig:
     attn_head_dim: int = _opt(32, lo=4, doc="channels per attention head (unet2d)")
     norm_groups: int = _opt(16, lo=1, doc="GroupNorm groups (unet1d always uses 8)")
     patch: int = _opt(2, lo=1, hi=8, doc="pixels per side folded into channels (unet2d)")
+    frame_layout: str = _opt("channels", choices=("channels", "tiles"),
+                             doc="video (unet2d): frames stacked as channels, or tiled into one "
+                                 "image (a near-square grid) so that convolutions share weights "
+                                 "across frames")
     prediction_type: str = _opt("edm", choices=("edm", "v_prediction", "epsilon", "sample"),
                                 doc="what the network outputs: EDM-preconditioned x_0, v, ε or x_0; "
                                     "eps() always returns ε")
@@ -210,16 +214,21 @@ class BaseConfig:
     # audio: a 2D UNet over (time, mel) folded into 4×4 patches; 500 steps reach ~99% valid
     # samples in under a minute on 2 CPU cores (bench/tune_bases.py)
     audio: TrainBaseConfig = _opt(TrainBaseConfig(
-        model=TinyBaseConfig(arch="unet2d", channels=(32, 64), patch=4), steps=500,
+        model=TinyBaseConfig(arch="unet2d", channels=(32, 64), patch=4,
+                             prediction_type="v_prediction"), steps=500,
         warmup_steps=50))
-    video: TrainBaseConfig = _opt(TrainBaseConfig())
+    # video: frames and 2×2 patches as channels of a 3-level 2D UNet, EDM-style preconditioning
+    # around the dark background (σ_data = 0.1); the slowest stage of the embedded default
+    video: TrainBaseConfig = _opt(TrainBaseConfig(
+        model=TinyBaseConfig(channels=(64, 128, 128), patch=2, prediction_type="edm",
+                             sigma_data=0.1), steps=600, warmup_steps=50))
 
 
 @dataclass(frozen=True)
 class FakesConfig:
     """The fake-pair bank: each base samples alone, pairs are formed at random."""
 
-    num_pairs: int = _opt(2048, lo=2, doc="fake pairs in the bank")
+    num_pairs: int = _opt(1024, lo=2, doc="fake pairs in the bank")
     steps: int = _opt(25, lo=1, hi=1000, doc="DDIM steps per sample")
     batch_size: int = _opt(256, lo=1)
 
@@ -237,7 +246,7 @@ class DiscriminatorConfig:
 class TrainConfig:
     """Discriminator training (the base models stay frozen)."""
 
-    steps: int = _opt(2000, lo=1)
+    steps: int = _opt(1000, lo=1)
     batch_size: int = _opt(64, lo=2, doc="real pairs per step (and as many negatives)")
     lr: float = _opt(1e-3, lo=0.0, lo_open=True)
     weight_decay: float = _opt(0.0, lo=0.0)

@@ -91,6 +91,9 @@ def build_unet(cfg: TinyBaseConfig, latent_shape: tuple[int, ...]) -> torch.nn.M
             act_fn="mish", norm_num_groups=8, extra_in_channels=0, sample_size=latent_shape[1])
     ch = _folded_channels(cfg, latent_shape)
     size = [s // cfg.patch for s in latent_shape[-2:]]
+    if len(latent_shape) == 4 and cfg.frame_layout == "tiles":
+        rows = tile_rows(latent_shape[0])
+        size = [size[0] * rows, size[1] * latent_shape[0] // rows]
     down = tuple("AttnDownBlock2D" if i in cfg.attn_levels else "DownBlock2D"
                  for i in range(len(cfg.channels)))
     up = tuple("AttnUpBlock2D" if i in cfg.attn_levels else "UpBlock2D"
@@ -103,7 +106,14 @@ def build_unet(cfg: TinyBaseConfig, latent_shape: tuple[int, ...]) -> torch.nn.M
 
 
 def _folded_channels(cfg: TinyBaseConfig, latent_shape: tuple[int, ...]) -> int:
-    return math.prod(latent_shape[:-2]) * cfg.patch ** 2
+    folded = latent_shape[1:-2] if len(latent_shape) == 4 and cfg.frame_layout == "tiles" \
+        else latent_shape[:-2]
+    return math.prod(folded) * cfg.patch ** 2
+
+
+def tile_rows(frames: int) -> int:
+    """Rows of the near-square grid that tiles ``frames`` frames (the largest divisor ≤ √F)."""
+    return max(d for d in range(1, int(math.isqrt(frames)) + 1) if frames % d == 0)
 
 
 def make_scheduler(cfg: TinyBaseConfig, kind: str):
@@ -215,6 +225,12 @@ class TinyBase(torch.nn.Module):
             out = self.unet(rearrange(x_t, "n c t m -> n (c m) t"), t).sample
             return rearrange(out, "n (c m) t -> n c t m", c=self.latent_shape[0])
         p = self.cfg.patch
+        if self.modality == "video" and self.cfg.frame_layout == "tiles":
+            r = tile_rows(self.latent_shape[0])
+            h = rearrange(x_t, "n (r k) c (h p1) (w p2) -> n (c p1 p2) (r h) (k w)", r=r, p1=p, p2=p)
+            out = self.unet(h, t).sample
+            return rearrange(out, "n (c p1 p2) (r h) (k w) -> n (r k) c (h p1) (w p2)", r=r,
+                             p1=p, p2=p, h=self.latent_shape[2] // p, w=self.latent_shape[3] // p)
         if self.modality == "video":
             h = rearrange(x_t, "n f c (h p1) (w p2) -> n (f c p1 p2) h w", p1=p, p2=p)
             out = self.unet(h, t).sample
