@@ -9,12 +9,20 @@ from stages import (acquire, encode, evaluate, extract_clips, sample, sample_fak
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mmdisco")
-def main() -> None:
+@click.option("--threads", type=click.IntRange(min=1), envvar="MMDISCO_THREADS", default=None,
+              help="torch CPU threads [env MMDISCO_THREADS; default: torch's own choice]. "
+                   "Use 1 when other processes share the cores: spinning threads then slow "
+                   "small models down several times.")
+def main(threads: int | None) -> None:
     """Discriminator-guided cooperative diffusion for joint audio-video generation.
 
     Each subcommand is one DVC stage; `dvc repro` runs them in order with the options of
     dvc.yaml. Run one by hand with `mmdisco STAGE --help` to see its inputs and outputs.
     """
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 for _module in (acquire, extract_clips, encode, train_base, sample_fakes, train_discriminator,

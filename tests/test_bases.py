@@ -255,3 +255,27 @@ def test_config_built_in_code_is_checked_too(tmp_path):
         TinyBase(TinyBaseConfig(arch="unet1d", channels=(8, 16)), VIDEO)
     with pytest.raises(ConfigError, match="hflip"):
         train_base(torch.zeros(4, *AUDIO), _train_cfg(hflip=True), tmp_path, seed=0)
+
+
+@pytest.mark.parametrize("cfg,shape", [
+    (TinyBaseConfig(channels=(8, 16), patch=2, norm_groups=4, mid_attention=False), AUDIO),
+    (TinyBaseConfig(arch="unet1d", channels=(8, 16)), AUDIO),
+    (TinyBaseConfig(channels=(8, 16), patch=2, norm_groups=4, mid_attention=False), VIDEO),
+    (TinyBaseConfig(channels=(8, 16), patch=4, norm_groups=4, mid_attention=False,
+                    frame_layout="tiles"), (8, 3, 8, 8)),
+])
+def test_unet_layouts_round_trip(cfg, shape):
+    """Folding a latent into the UNet's layout and back is the identity; tiles keep frames whole."""
+    from einops import rearrange
+
+    from mmdisco.bases.tiny import unet_layout
+    pattern, axes = unet_layout(cfg, shape)
+    x = torch.randn(2, *shape)
+    folded = rearrange(x, pattern, **axes)
+    lhs, rhs = pattern.split(" -> ")
+    assert torch.equal(rearrange(folded, f"{rhs} -> {lhs}", **axes), x)
+    unet = _base(cfg, shape).unet
+    assert folded.shape[1] == unet.config.in_channels == unet.config.out_channels
+    if cfg.frame_layout == "tiles":  # 8 frames → a 2 × 4 grid of 8 × 8 frames, 4 × 4 patches
+        assert folded.shape[2:] == (2 * 2, 4 * 2)
+        assert torch.equal(folded[0, :, 2:4, 0:2], rearrange(x[0, 4], "c (h a) (w b) -> (c a b) h w", a=4, b=4))

@@ -12,15 +12,6 @@ from mmdisco.guidance.discriminator import (Discriminator, VectorDiscriminator, 
 AUDIO, VIDEO = (1, 8, 8), (4, 3, 8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops on a shared 2-core machine run far faster on one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def small_disc(seed: int = 0) -> Discriminator:
     torch.manual_seed(seed)
     D = Discriminator(audio_shape=AUDIO, video_shape=VIDEO, width=8, time_dim=16, head_hidden=16).double()

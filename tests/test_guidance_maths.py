@@ -17,15 +17,6 @@ from mmdisco.guidance.sampler import modality_generators, sample_joint
 DA, DV = 2, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops on a shared 2-core machine run far faster on one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def world() -> GaussianWorld:
     """Strongly coupled (ρ = 0.9); the two modalities use different noise schedules."""

@@ -13,15 +13,6 @@ from mmdisco.guidance.sampler import guided_eps, modality_generators, sample_joi
 AUDIO, VIDEO = (1, 8, 8), (4, 3, 8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops on a shared 2-core machine run far faster on one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class TinyNetBase:
     """A real (random, untrained) convolutional ε-network behind the BaseModel protocol."""
 

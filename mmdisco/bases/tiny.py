@@ -7,8 +7,9 @@ https://arxiv.org/abs/2202.00512), ``x_0`` itself, or an EDM-preconditioned targ
 or ``ε = (x_t − sqrt(ᾱ_t) x̂_0) / σ_t``.
 
 Layouts: audio latent ``[N, C, T, M]``, video latent ``[N, F, C, H, W]``. The ``unet2d`` arch
-folds ``patch × patch`` pixels (and, for video, the frames) into channels; ``unet1d`` (audio
-only) runs over time with ``C × M`` channels.
+folds ``patch × patch`` pixels into channels and, for video, either stacks the frames as
+channels or tiles them into one image (weights shared across frames; ``unet_layout``);
+``unet1d`` (audio only) runs over time with ``C × M`` channels.
 """
 from __future__ import annotations
 
@@ -76,24 +77,39 @@ def check_shape(cfg: TinyBaseConfig, latent_shape: tuple[int, ...], key: str = "
                               f"{key}.channels or {key}.patch")
 
 
+def unet_layout(cfg: TinyBaseConfig, latent_shape: tuple[int, ...]) -> tuple[str, dict[str, int]]:
+    """einops pattern (latent → UNet input) and its axis sizes; reversed, it maps back."""
+    p = cfg.patch
+    if cfg.arch == "unet1d":
+        return "n c t m -> n (c m) t", {"c": latent_shape[0]}
+    if len(latent_shape) == 3:
+        return "n c (t p1) (m p2) -> n (c p1 p2) t m", {"c": latent_shape[0], "p1": p, "p2": p}
+    f, c, h, w = latent_shape
+    if cfg.frame_layout == "tiles":
+        return ("n (r k) c (h p1) (w p2) -> n (c p1 p2) (r h) (k w)",
+                {"r": tile_rows(f), "c": c, "h": h // p, "w": w // p, "p1": p, "p2": p})
+    return "n f c (h p1) (w p2) -> n (f c p1 p2) h w", {"f": f, "c": c, "p1": p, "p2": p}
+
+
+def tile_rows(frames: int) -> int:
+    """Rows of the near-square grid that tiles ``frames`` frames (the largest divisor ≤ √F)."""
+    return max(d for d in range(1, math.isqrt(frames) + 1) if frames % d == 0)
+
+
 def build_unet(cfg: TinyBaseConfig, latent_shape: tuple[int, ...]) -> torch.nn.Module:
     """A freshly initialised diffusers UNet for latents of ``latent_shape``."""
     check_shape(cfg, latent_shape)
+    pattern, axes = unet_layout(cfg, latent_shape)
+    ch, *size = rearrange(torch.zeros(1, *latent_shape), pattern, **axes).shape[1:]
     if cfg.arch == "unet1d":
-        c, _, m = latent_shape
         n = len(cfg.channels)
         return UNet1DModel(
-            in_channels=c * m, out_channels=c * m, block_out_channels=tuple(cfg.channels),
+            in_channels=ch, out_channels=ch, block_out_channels=tuple(cfg.channels),
             down_block_types=("DownResnetBlock1D",) * n, up_block_types=("UpResnetBlock1D",) * (n - 1),
             mid_block_type="MidResTemporalBlock1D", out_block_type="OutConv1DBlock",
             layers_per_block=cfg.layers_per_block, use_timestep_embedding=True,
             time_embedding_type="positional", flip_sin_to_cos=False, freq_shift=1.0,
-            act_fn="mish", norm_num_groups=8, extra_in_channels=0, sample_size=latent_shape[1])
-    ch = _folded_channels(cfg, latent_shape)
-    size = [s // cfg.patch for s in latent_shape[-2:]]
-    if len(latent_shape) == 4 and cfg.frame_layout == "tiles":
-        rows = tile_rows(latent_shape[0])
-        size = [size[0] * rows, size[1] * latent_shape[0] // rows]
+            act_fn="mish", norm_num_groups=8, extra_in_channels=0, sample_size=size[0])
     down = tuple("AttnDownBlock2D" if i in cfg.attn_levels else "DownBlock2D"
                  for i in range(len(cfg.channels)))
     up = tuple("AttnUpBlock2D" if i in cfg.attn_levels else "UpBlock2D"
@@ -103,17 +119,6 @@ def build_unet(cfg: TinyBaseConfig, latent_shape: tuple[int, ...]) -> torch.nn.M
         block_out_channels=tuple(cfg.channels), down_block_types=down, up_block_types=up,
         layers_per_block=cfg.layers_per_block, norm_num_groups=cfg.norm_groups,
         attention_head_dim=cfg.attn_head_dim, add_attention=cfg.mid_attention)
-
-
-def _folded_channels(cfg: TinyBaseConfig, latent_shape: tuple[int, ...]) -> int:
-    folded = latent_shape[1:-2] if len(latent_shape) == 4 and cfg.frame_layout == "tiles" \
-        else latent_shape[:-2]
-    return math.prod(folded) * cfg.patch ** 2
-
-
-def tile_rows(frames: int) -> int:
-    """Rows of the near-square grid that tiles ``frames`` frames (the largest divisor ≤ √F)."""
-    return max(d for d in range(1, int(math.isqrt(frames)) + 1) if frames % d == 0)
 
 
 def make_scheduler(cfg: TinyBaseConfig, kind: str):
@@ -137,6 +142,7 @@ class TinyBase(torch.nn.Module):
         self.modality = modality_of(self.latent_shape)
         self.num_train_timesteps = cfg.num_train_timesteps
         self.unet = unet if unet is not None else build_unet(cfg, self.latent_shape)
+        self._layout = unet_layout(cfg, self.latent_shape)
         self._alpha_bar = make_scheduler(cfg, "ddpm").alphas_cumprod.to(torch.float64)
         self.data_mean = 0.0 if cfg.data_mean is None else cfg.data_mean
         self.sigma_data = 1.0 if cfg.sigma_data is None else cfg.sigma_data
@@ -220,25 +226,10 @@ class TinyBase(torch.nn.Module):
         if self.cfg.prediction_type == "edm":
             c = self._edm(t, x_t)
             x_t = c["c_in"] * (x_t - c["a"] * self.data_mean)
-        t = t.to(x_t.device).long()
-        if self.cfg.arch == "unet1d":
-            out = self.unet(rearrange(x_t, "n c t m -> n (c m) t"), t).sample
-            return rearrange(out, "n (c m) t -> n c t m", c=self.latent_shape[0])
-        p = self.cfg.patch
-        if self.modality == "video" and self.cfg.frame_layout == "tiles":
-            r = tile_rows(self.latent_shape[0])
-            h = rearrange(x_t, "n (r k) c (h p1) (w p2) -> n (c p1 p2) (r h) (k w)", r=r, p1=p, p2=p)
-            out = self.unet(h, t).sample
-            return rearrange(out, "n (c p1 p2) (r h) (k w) -> n (r k) c (h p1) (w p2)", r=r,
-                             p1=p, p2=p, h=self.latent_shape[2] // p, w=self.latent_shape[3] // p)
-        if self.modality == "video":
-            h = rearrange(x_t, "n f c (h p1) (w p2) -> n (f c p1 p2) h w", p1=p, p2=p)
-            out = self.unet(h, t).sample
-            f, c = self.latent_shape[:2]
-            return rearrange(out, "n (f c p1 p2) h w -> n f c (h p1) (w p2)", f=f, c=c, p1=p, p2=p)
-        h = rearrange(x_t, "n c (t p1) (m p2) -> n (c p1 p2) t m", p1=p, p2=p)
-        out = self.unet(h, t).sample
-        return rearrange(out, "n (c p1 p2) t m -> n c (t p1) (m p2)", p1=p, p2=p)
+        pattern, axes = self._layout
+        lhs, rhs = pattern.split(" -> ")
+        out = self.unet(rearrange(x_t, pattern, **axes), t.to(x_t.device).long()).sample
+        return rearrange(out, f"{rhs} -> {lhs}", **axes)
 
     def _check_input(self, x_t: torch.Tensor, t: torch.Tensor) -> None:
         if tuple(x_t.shape[1:]) != self.latent_shape:
