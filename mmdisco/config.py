@@ -216,7 +216,7 @@ class BaseConfig:
     audio: TrainBaseConfig = _opt(TrainBaseConfig(
         model=TinyBaseConfig(arch="unet2d", channels=(32, 64), patch=4,
                              prediction_type="v_prediction"), steps=500,
-        warmup_steps=50))
+        warmup_steps=50, min_snr_gamma=5.0))
     # video: frames and 2×2 patches as channels of a 3-level 2D UNet, EDM-style preconditioning
     # around the dark background (σ_data = 0.1); the slowest stage of the embedded default
     video: TrainBaseConfig = _opt(TrainBaseConfig(

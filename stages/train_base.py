@@ -62,6 +62,7 @@ def main(params_path: Path, modality: str, latents_dir: Path, out: Path, checkpo
     with atomic_path(out) as tmp:
         shutil.copytree(work, tmp, ignore=shutil.ignore_patterns("checkpoint"))
         write_json(tmp / "training.json", summary)
+    shutil.rmtree(work)  # finished: a checkpoint is only for resuming an interrupted run
     write_curve(plot_path, curve)
     write_json(metrics_path, summary)
     click.echo(f"train_base_{modality}: {summary['steps']} steps, final loss "

@@ -5,6 +5,7 @@ interrupted stage resumes from the last one.
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import click
@@ -74,6 +75,7 @@ def main(params_path: Path, latents_dir: Path, fakes_dir: Path, audio_base: Path
         tmp.mkdir()
         save_discriminator(D, tmp)
         write_json(tmp / "training.json", summary)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # finished: nothing left to resume
     write_curve(plot_path, curve)
     write_json(metrics_path, summary)
     click.echo(f"train_discriminator: {summary['steps']} steps, {summary['num_parameters']} "
