@@ -200,6 +200,11 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, cfg, shape, extra)
     a, b = load_base(tmp_path / "full"), load_base(tmp_path / "cut")
     sa, sb = a.unet.state_dict(), b.unet.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    # rerunning a finished run trains nothing and reports the same loss
+    again = train_base(latents, tcfg, tmp_path / "full", seed=3)
+    assert again["resumed_from"] == 6 and again["final_loss"] == full["final_loss"]
+    sc = load_base(tmp_path / "full").unet.state_dict()
+    assert all(torch.equal(sa[k], sc[k]) for k in sa)
     # another seed gives other weights, and may not resume this checkpoint
     other = train_base(latents, tcfg, tmp_path / "other", seed=4)
     assert other["final_loss"] != full["final_loss"]

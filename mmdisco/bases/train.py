@@ -1,16 +1,17 @@
 """Train a tiny base model on latents: AdamW, warmup + cosine decay, clipping, EMA, resumable.
 
-Loss (Salimans & Ho 2022 v-prediction, Hang et al. 2023 min-SNR-γ weighting,
-https://arxiv.org/abs/2303.09556): MSE between the network output and its target
-(``v = sqrt(ᾱ_t) ε − σ_t x_0``, ε or x_0), weighted per sample by ``loss_weight`` (γ = 0: none). Every random draw (batch indices, timesteps, noise, flips) comes from
-one ``torch.Generator`` seeded from ``seed`` whose state is checkpointed, so a resumed run
-ends with exactly the weights of an uninterrupted one.
+Loss: MSE between the network output and its target (``TinyBase.target``: EDM-preconditioned
+x_0, v, ε or x_0), at timesteps drawn uniformly, optionally capped by min-SNR-γ (Hang et al.
+2023, https://arxiv.org/abs/2303.09556; ``loss_weight``). Every random draw (batch indices,
+timesteps, noise, flips) comes from one ``torch.Generator`` seeded from ``seed`` whose state is
+checkpointed, so a resumed run ends with exactly the weights of an uninterrupted one.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import hashlib
+import json
 import math
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 
 from mmdisco.bases.protocol import sigma, sqrt_alpha_bar
 from mmdisco.bases.tiny import TinyBase, check_config, check_shape
-from mmdisco.config import ConfigError, TrainBaseConfig, to_dict
+from mmdisco.config import ConfigError, TinyBaseConfig, TrainBaseConfig, to_dict
 from mmdisco.io import atomic_path, read_json
 
 CHECKPOINT_DIR = "checkpoint"
@@ -81,19 +82,21 @@ def _fingerprint(latents: torch.Tensor, cfg: TrainBaseConfig, seed: int) -> str:
 
 
 def _save_checkpoint(folder: Path, step: int, base: TinyBase, ema: torch.nn.Module,
-                     opt: torch.optim.Optimizer, gen: torch.Generator, fingerprint: str) -> None:
+                     opt: torch.optim.Optimizer, gen: torch.Generator, fingerprint: str,
+                     last: dict) -> None:
     """Write model, EMA, optimiser, step and generator state as one atomic folder."""
-    import json
     with atomic_path(folder) as tmp:
         tmp.mkdir()
         torch.save({"step": step, "model": base.unet.state_dict(), "ema": ema.state_dict(),
                     "optimizer": opt.state_dict(), "generator": gen.get_state()}, tmp / STATE_FILE)
-        (tmp / META_FILE).write_text(json.dumps({"step": step, "fingerprint": fingerprint}) + "\n")
+        (tmp / META_FILE).write_text(json.dumps({"step": step, "fingerprint": fingerprint,
+                                                 "last": last}) + "\n")
 
 
 def _load_checkpoint(folder: Path, base: TinyBase, ema: torch.nn.Module,
-                     opt: torch.optim.Optimizer, gen: torch.Generator, fingerprint: str) -> int:
-    """Restore a checkpoint made from the same data, config and seed; return its step."""
+                     opt: torch.optim.Optimizer, gen: torch.Generator,
+                     fingerprint: str) -> tuple[int, dict]:
+    """Restore a checkpoint made from the same data, config and seed; return (step, last log)."""
     meta = read_json(folder / META_FILE)
     if meta.get("fingerprint") != fingerprint:
         raise ValueError(f"the checkpoint in {folder} was made from other latents, config or "
@@ -103,7 +106,7 @@ def _load_checkpoint(folder: Path, base: TinyBase, ema: torch.nn.Module,
     ema.load_state_dict(state["ema"])
     opt.load_state_dict(state["optimizer"])
     gen.set_state(state["generator"])
-    return int(state["step"])
+    return int(state["step"]), meta.get("last", {})
 
 
 def _check_latents(latents: torch.Tensor, cfg: TrainBaseConfig) -> None:
@@ -138,13 +141,14 @@ def train_base(latents: torch.Tensor, cfg: TrainBaseConfig, out_dir: Path, *, se
     # 2. resume
     ckpt = out_dir / CHECKPOINT_DIR
     fingerprint = _fingerprint(latents, cfg, seed)
-    step = _load_checkpoint(ckpt, base, ema, opt, gen, fingerprint) if (ckpt / META_FILE).is_file() else 0
+    step, last = 0, {}
+    if (ckpt / META_FILE).is_file():
+        step, last = _load_checkpoint(ckpt, base, ema, opt, gen, fingerprint)
     resumed_from = step
     # 3. loop
     base.train()
     ema_params = list(ema.parameters())
     window: list[float] = []
-    last = {}
     while step < cfg.steps:
         for group in opt.param_groups:
             group["lr"] = learning_rate(cfg, step)
@@ -152,7 +156,7 @@ def train_base(latents: torch.Tensor, cfg: TrainBaseConfig, out_dir: Path, *, se
         loss = diffusion_loss(base, x0, t, noise, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
         opt.step()
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, params, 1.0 - ema_decay(cfg, step))
@@ -168,7 +172,7 @@ def train_base(latents: torch.Tensor, cfg: TrainBaseConfig, out_dir: Path, *, se
             if log is not None:
                 log(step, last)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            _save_checkpoint(ckpt, step, base, ema, opt, gen, fingerprint)
+            _save_checkpoint(ckpt, step, base, ema, opt, gen, fingerprint, last)
     # 4. final model = EMA weights
     final = TinyBase(base.cfg, base.latent_shape, unet=ema)
     final.save(out_dir)
