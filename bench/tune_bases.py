@@ -41,7 +41,7 @@ CANDIDATES = {
         warmup_steps=50),
     "video_default": TrainBaseConfig(
         model=TinyBaseConfig(channels=(32, 64, 64), patch=4, frame_layout="tiles",
-                             sigma_data=0.1), steps=1000),
+                             attn_levels=(1,), sigma_data=0.1), steps=1000),
     # what was tried on the way (see the report in the bases README section)
     "audio_1d_small": TrainBaseConfig(
         model=TinyBaseConfig(arch="unet1d", channels=(32, 64, 128), prediction_type="v_prediction"),

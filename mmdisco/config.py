@@ -176,10 +176,11 @@ class TinyBaseConfig:
         if bad:
             raise ConfigError(f"{key}.attn_levels {bad} must index {key}.channels "
                               f"(0 … {len(self.channels) - 1})")
-        uses_attn = self.arch == "unet2d" and (self.attn_levels or self.mid_attention)
-        if uses_attn and any(c % self.attn_head_dim for c in self.channels):
-            raise ConfigError(f"{key}.attn_head_dim ({self.attn_head_dim}) must divide every "
-                              f"width in {key}.channels {tuple(self.channels)}")
+        with_attn = set(self.attn_levels) | ({len(self.channels) - 1} if self.mid_attention else set())
+        widths = [self.channels[lv] for lv in sorted(with_attn)] if self.arch == "unet2d" else []
+        if any(c % self.attn_head_dim for c in widths):
+            raise ConfigError(f"{key}.attn_head_dim ({self.attn_head_dim}) must divide the width of "
+                              f"every level with attention ({widths})")
 
 
 @dataclass(frozen=True)

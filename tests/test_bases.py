@@ -250,6 +250,12 @@ def test_bad_config_names_the_key(raw, key):
         build(TrainBaseConfig, raw, "bases.audio")
 
 
+def test_attention_head_dim_is_checked_only_where_attention_is():
+    build(TinyBaseConfig, {"channels": [48, 64], "attn_head_dim": 32}, "m")  # mid only: 64
+    with pytest.raises(ConfigError, match=r"m\.attn_head_dim \(32\).*\[48, 64\]"):
+        build(TinyBaseConfig, {"channels": [48, 64], "attn_head_dim": 32, "attn_levels": [0]}, "m")
+
+
 def test_config_built_in_code_is_checked_too(tmp_path):
     with pytest.raises(ConfigError, match=r"model\.layers_per_block"):
         TinyBase(TinyBaseConfig(layers_per_block=0), VIDEO)
