@@ -1,7 +1,7 @@
 """Time every stage of the default pipeline in a throw-away copy of the project.
 
     python bench/pipeline.py [--set data.synth.num_classes=8 ...] [--stages acquire,encode]
-                             [--out bench/pipeline.json]
+                             [--out bench/pipeline.json] [--keep DIR]
 
 Prints one line per stage (wall seconds) and writes a JSON report. No asserts: a benchmark
 measures, it does not judge.
@@ -28,13 +28,17 @@ def main() -> None:
     ap.add_argument("--stages", default=None,
                     help="comma-separated stages to time, in dvc.yaml order [default: all]")
     ap.add_argument("--out", type=Path, default=Path("bench/pipeline.json"))
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="build the project copy here and keep it (data, models, mlflow.db)")
     args = ap.parse_args()
     overrides = {}
     for item in args.set:
         key, _, value = item.partition("=")
         overrides[key] = yaml.safe_load(value)
+    if args.keep is not None and args.keep.exists():
+        ap.error(f"--keep {args.keep} exists; give a new folder")
     with tempfile.TemporaryDirectory(prefix="mmdisco-bench-") as tmp:
-        proj = make_project(Path(tmp) / "proj", overrides)
+        proj = make_project(args.keep or Path(tmp) / "proj", overrides)
         timings, total0 = {}, time.perf_counter()
         stages = list(yaml.safe_load((proj / "dvc.yaml").read_text())["stages"])
         if args.stages:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from stages import (acquire, encode, evaluate, extract_clips, sample, sample_fakes, train_base,
-                    train_discriminator)
+                    train_critic, train_discriminator)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,7 +26,7 @@ def main(threads: int | None) -> None:
 
 
 for _module in (acquire, extract_clips, encode, train_base, sample_fakes, train_discriminator,
-                sample, evaluate):
+                train_critic, sample, evaluate):
     main.add_command(_module.main)
 
 if __name__ == "__main__":

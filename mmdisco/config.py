@@ -264,12 +264,59 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class CriticConfig:
+    """The contrastive critic (InfoNCE on real pairs; the alignment part of the residual)."""
+
+    width: int = _opt(32, lo=4, hi=512, doc="conv channels of each modality encoder")
+    time_dim: int = _opt(64, lo=8, hi=1024, doc="timestep embedding size")
+    dim: int = _opt(64, lo=4, hi=1024, doc="embedding size of each tower")
+    temperature: float = _opt(0.1, lo=0.0, lo_open=True, doc="τ: score = cosine / τ")
+    steps: int = _opt(1500, lo=1)
+    batch_size: int = _opt(64, lo=2, doc="real pairs per step; the others are the negatives")
+    lr: float = _opt(1e-3, lo=0.0, lo_open=True)
+    warmup_steps: int = _opt(50, lo=0)
+    weight_decay: float = _opt(0.0, lo=0.0)
+    grad_clip: float = _opt(1.0, lo=0.0, doc="max gradient norm; 0 = off")
+    t_min: int = _opt(300, lo=0, doc="training timesteps are uniform over [t_min, t_max]")
+    t_max: int = _opt(999, lo=0)
+    checkpoint_every: int = _opt(250, lo=1, doc="steps between resumable checkpoints")
+    log_every: int = _opt(50, lo=1)
+    eval_every: int = _opt(500, lo=1, doc="steps between held-out retrieval checks")
+    heldout: int = _opt(256, lo=8, doc="real clips held out for retrieval checks")
+
+    def validate(self, key: str) -> None:
+        if self.t_max < self.t_min:
+            raise ConfigError(f"{key}.t_max ({self.t_max}) must be >= {key}.t_min ({self.t_min})")
+
+
+@dataclass(frozen=True)
 class GuidanceConfig:
-    """ε̂^m = ε_m + s_m · (−σ_t^m ∇ logit D), s_a = scale × audio_weight, s_v = scale × video_weight."""
+    """ε̂^m = ε_m + s_m r_D^m + c_m r_C^m, with r = −σ_t^m ∇ (logit D or critic score).
+
+    s_a = scale × audio_weight, s_v = scale × video_weight (the paper's discriminator);
+    c_a = scale × critic_weight × critic_audio_weight, c_v likewise with critic_video_weight.
+    ``scale`` multiplies everything, so ``scale = 0`` is independent sampling.
+    """
 
     scale: float = _opt(4.0, lo=0.0, doc="overall guidance scale; 0 = independent sampling")
     audio_weight: float = _opt(1.0, lo=0.0)
     video_weight: float = _opt(1.0, lo=0.0)
+    critic_weight: float = _opt(0.0, lo=0.0, doc="critic residual relative to scale; 0 = off")
+    critic_audio_weight: float = _opt(1.0, lo=0.0)
+    critic_video_weight: float = _opt(0.0, lo=0.0)
+    restarts: int = _opt(0, lo=0, doc="extra re-noised repeats of each of the first restart_steps")
+    restart_steps: int = _opt(0, lo=0, doc="how many leading sampler steps get restarts")
+
+    @property
+    def scales(self) -> tuple[float, float]:
+        """``(s_a, s_v)`` of the discriminator."""
+        return self.scale * self.audio_weight, self.scale * self.video_weight
+
+    @property
+    def critic_scales(self) -> tuple[float, float]:
+        """``(c_a, c_v)`` of the critic."""
+        c = self.scale * self.critic_weight
+        return c * self.critic_audio_weight, c * self.critic_video_weight
 
 
 @dataclass(frozen=True)
@@ -292,6 +339,7 @@ class Params:
     fakes: FakesConfig = _opt(FakesConfig())
     discriminator: DiscriminatorConfig = _opt(DiscriminatorConfig())
     train: TrainConfig = _opt(TrainConfig())
+    critic: CriticConfig = _opt(CriticConfig())
     guidance: GuidanceConfig = _opt(GuidanceConfig())
     sample: SampleConfig = _opt(SampleConfig())
 

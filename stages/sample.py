@@ -25,7 +25,8 @@ from stages.common import load, params_option, stage_seed, user_errors
 def per_pass_cost(timing: dict) -> dict:
     """Seconds per base pass and per guidance pass (forward + input gradient of D)."""
     out = {"total_s": round(timing["total_s"], 3),
-           "base_pass_s": timing["base_s"] / max(timing["base_passes"], 1)}
+           "base_pass_s": timing["base_s"] / max(timing["base_passes"], 1),
+           "base_passes": timing["base_passes"], "guidance_passes": timing["guidance_passes"]}
     if timing["guidance_passes"]:
         out["guidance_pass_s"] = timing["guidance_s"] / timing["guidance_passes"]
     return out
@@ -41,36 +42,46 @@ def per_pass_cost(timing: dict) -> dict:
               default="models/base_video", show_default=True)
 @click.option("--discriminator", type=click.Path(file_okay=False, path_type=Path),
               default="models/discriminator", show_default=True)
+@click.option("--critic", type=click.Path(file_okay=False, path_type=Path),
+              default="models/critic", show_default=True,
+              help="contrastive critic; loaded only when guidance.critic_weight > 0")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="data/samples",
               show_default=True)
 @click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=Path),
               default="metrics/sample.json", show_default=True)
 @user_errors
 def main(params_path: Path, latents_dir: Path, audio_base: Path, video_base: Path,
-         discriminator: Path, out: Path, metrics_path: Path) -> None:
+         discriminator: Path, critic: Path, out: Path, metrics_path: Path) -> None:
     """Sample guided pairs and the paired baseline from the same noise (guidance.*, sample.*)."""
     params = load(params_path)
     cfg, g = params.sample, params.guidance
     base_a, base_v = load_base(audio_base), load_base(video_base)
     D = load_discriminator(discriminator)
+    c_a, c_v = g.critic_scales
+    C = load_discriminator(critic) if (c_a or c_v) else None
     enc = read_json(latents_dir / "encoders.json")
     mel, pixels = encoder_from_state(enc["audio"]), encoder_from_state(enc["video"])
     seed = stage_seed(params.seed, "sample")
     common = dict(num_samples=cfg.num_samples, steps=cfg.steps, kind=cfg.kind, eta=cfg.eta,
                   batch_size=cfg.batch_size)
-    sets = {"baseline": (0.0, 0.0), "guided": (g.scale * g.audio_weight, g.scale * g.video_weight)}
+    sets = {"baseline": (0.0, 0.0), "guided": g.scales}
     report, provenance = {}, {}
-    for name in ("audio_base", "video_base", "discriminator"):
-        folder = {"audio_base": audio_base, "video_base": video_base,
-                  "discriminator": discriminator}[name]
+    folders = {"audio_base": audio_base, "video_base": video_base, "discriminator": discriminator}
+    if C is not None:
+        folders["critic"] = critic
+    for name, folder in folders.items():
         training = folder / "training.json"
         provenance[name] = read_json(training).get("mlflow_run_id") if training.is_file() else None
     with atomic_path(out) as tmp:
         tmp.mkdir()
         for name, (s_a, s_v) in sets.items():
-            a, v, timing = sample_joint(base_a, base_v, D if name == "guided" else None,
+            guided = name == "guided"
+            a, v, timing = sample_joint(base_a, base_v, D if guided else None,
                                         generators=modality_generators(seed),
-                                        scale_a=s_a, scale_v=s_v, **common)
+                                        scale_a=s_a, scale_v=s_v,
+                                        critic=C if guided else None, critic_scales=(c_a, c_v),
+                                        restarts=g.restarts, restart_steps=g.restart_steps,
+                                        **common)
             folder = tmp / name
             folder.mkdir()
             save_tensors(folder / "audio.safetensors", {"latents": a})
@@ -86,9 +97,13 @@ def main(params_path: Path, latents_dir: Path, audio_base: Path, video_base: Pat
             report[name] = {"scale_audio": s_a, "scale_video": s_v, **per_pass_cost(timing)}
         base_pass = report["baseline"]["base_pass_s"]
         guided = report["guided"]
+        guided["critic_scale_audio"], guided["critic_scale_video"] = c_a, c_v
         if "guidance_pass_s" in guided:
-            # a guided step = 2 base passes + 1 guidance pass; an unguided step = 2 base passes
-            guided["guided_step_cost_ratio"] = (2 * base_pass + guided["guidance_pass_s"]) / (2 * base_pass)
+            # a step = 2 base passes (+ one pass per guiding module when guided)
+            per_step = guided["guidance_passes"] / (guided["base_passes"] / 2)
+            guided["guided_step_cost_ratio"] = (
+                (2 * base_pass + per_step * guided["guidance_pass_s"]) / (2 * base_pass))
+        guided["sampling_time_ratio"] = guided["total_s"] / report["baseline"]["total_s"]
         write_json(tmp / "provenance.json", provenance)
     write_json(metrics_path, report)
     click.echo(f"sample: {cfg.num_samples} guided + {cfg.num_samples} baseline pairs "

@@ -7,8 +7,9 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from einops import rearrange
 from torch import nn
 
+from mmdisco.guidance.critic import Critic
 from mmdisco.guidance.discriminator import Discriminator
-from mmdisco.guidance.sampler import guided_eps, modality_generators, sample_joint, sample_single
+from mmdisco.guidance.sampler import guided_eps, modality_generators, renoise, sample_joint, sample_single
 
 AUDIO, VIDEO = (1, 8, 8), (4, 3, 8, 8)
 
@@ -123,6 +124,67 @@ def test_timing_and_callback_report_each_step():
     assert timing["total_s"] >= timing["base_s"] + timing["guidance_s"]
     assert len(seen) == 9 and [s["i"] for s in seen[:3]] == [0, 1, 2]
     assert seen[0]["t"] == 999 and seen[0]["r_a"].shape == (2, *AUDIO) and seen[-1]["a_t"].shape == (1, *AUDIO)
+
+
+def critic():
+    torch.manual_seed(3)
+    return Critic(audio_shape=AUDIO, video_shape=VIDEO, width=8, time_dim=16, dim=8)
+
+
+@pytest.mark.parametrize("kind,eta", SETTINGS)
+def test_restarts_and_critic_are_inactive_without_guidance(kind, eta):
+    base_a, base_v = bases()
+    common = dict(num_samples=3, steps=5, kind=kind, eta=eta)
+    a, v, timing = sample_joint(base_a, base_v, disc(), generators=modality_generators(2), scale_a=0.0,
+                                scale_v=0.0, critic=critic(), critic_scales=(0.0, 0.0), restarts=3,
+                                restart_steps=2, **common)
+    a_ref, v_ref = singles(base_a, base_v, 2, **common)
+    assert torch.equal(a, a_ref) and torch.equal(v, v_ref)
+    assert timing["base_passes"] == 2 * 5 and timing["guidance_passes"] == 0
+
+
+def test_restarts_repeat_the_leading_steps_and_change_the_result():
+    base_a, base_v = bases()
+    common = dict(num_samples=3, steps=5, kind="ddim", scale_a=1.0, scale_v=1.0)
+    seen = []
+    a0, v0, plain = sample_joint(base_a, base_v, disc(), generators=modality_generators(2), **common)
+    a1, v1, timing = sample_joint(base_a, base_v, disc(), generators=modality_generators(2), restarts=3,
+                                  restart_steps=2, callback=seen.append, **common)
+    # steps 0 and 1 run 1 + 3 times each; the callback still sees each step once
+    assert timing["base_passes"] == 2 * (5 + 2 * 3) and timing["guidance_passes"] == 5 + 2 * 3
+    assert [s["i"] for s in seen] == list(range(5))
+    assert (a1 - a0).abs().max() > 1e-4 and (v1 - v0).abs().max() > 1e-4
+    a2, v2, _ = sample_joint(base_a, base_v, disc(), generators=modality_generators(2), restarts=3,
+                             restart_steps=2, **common)
+    assert torch.equal(a1, a2) and torch.equal(v1, v2)                # deterministic
+    # restarts never touch the last step (there is no t_prev to re-noise from)
+    _, _, last = sample_joint(base_a, base_v, disc(), generators=modality_generators(2), restarts=1,
+                              restart_steps=99, **common)
+    assert last["guidance_passes"] == 5 + 4
+
+
+def test_renoise_matches_the_forward_process_statistics():
+    g = torch.Generator().manual_seed(0)
+    x_prev = torch.full((20000,), 2.0)
+    x = renoise(x_prev, 0.25, 0.5, g)
+    assert float(x.mean()) == pytest.approx(2.0 * 0.5 ** 0.5, abs=0.02)
+    assert float(x.std()) == pytest.approx(0.5 ** 0.5, abs=0.02)
+
+
+def test_critic_residual_is_added_on_its_own_modality_only():
+    base_a, base_v = bases()
+    common = dict(num_samples=3, steps=4, kind="ddim")
+    gens = modality_generators(1)
+    # critic on audio only, discriminator off: the video equals independent sampling
+    a, v, timing = sample_joint(base_a, base_v, disc(), generators=gens, scale_a=0.0, scale_v=0.0,
+                                critic=critic(), critic_scales=(5.0, 0.0), **common)
+    a_ref, v_ref = singles(base_a, base_v, 1, **common)
+    assert torch.equal(v, v_ref) and (a - a_ref).abs().max() > 1e-4
+    assert timing["guidance_passes"] == 4                            # only the critic ran
+    # both guides: one pass each per step
+    _, _, both = sample_joint(base_a, base_v, disc(), generators=modality_generators(1), scale_a=1.0,
+                              scale_v=1.0, critic=critic(), critic_scales=(5.0, 0.0), **common)
+    assert both["guidance_passes"] == 8
 
 
 def test_modality_generators_are_deterministic_and_distinct():

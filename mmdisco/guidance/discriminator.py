@@ -6,9 +6,8 @@ Notation (see ``method.md``): ``logit D = log r_t`` at the optimum, with
 
 Fusion is deliberately non-separable: a head linear in concatenated per-modality features
 gives ``logit = f(a) + g(v)``, whose audio gradient ignores the video and cannot align
-anything. Each modality is encoded by strided 2D ConvFiLM layers (video: per frame), then
-pooled to a coarse grid (mel bands; image cells) that is flattened and projected, so pitch and
-position survive pooling. The logit is the sum of two non-separable parts:
+anything. Each modality is encoded by ``AudioFeatures`` / ``VideoFeatures`` (strided ConvFiLM
+layers and a learned pooling that keeps pitch, colour and position). The logit is the sum of two non-separable parts:
 - ``temporal``: audio and video features resampled to ``F`` common steps, concatenated per
   step, scored by an MLP and averaged over steps (timing coupling);
 - ``semantic``: time-pooled audio and video embeddings (pooled before any temporal mixing,
@@ -143,6 +142,48 @@ def _check_inputs(a_t: torch.Tensor, v_t: torch.Tensor, t: torch.Tensor,
                          f"t {tuple(t.shape)} (t must be a 1-D tensor with one timestep per pair)")
 
 
+# --------------------------------------------------------------------------- per-modality features
+class AudioFeatures(nn.Module):
+    """Noisy audio latent ``[N, C, T, M]`` → features per time step ``[N, w, T']``.
+
+    Strided ConvFiLM layers, then a learned pooling over a coarse grid of mel bands (flattened
+    and projected), so that pitch survives (a plain mean over mel bins would discard it).
+    """
+
+    def __init__(self, *, channels: int, width: int, time_dim: int, bands: int):
+        super().__init__()
+        self.bands = int(bands)
+        self.enc = Encoder2d(c_in=channels, width=width, time_dim=time_dim)
+        self.proj = nn.Linear(width * self.bands, width)
+
+    def forward(self, a_t: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.enc(a_t, temb)                                          # [N, w, T', M']
+        h = F.adaptive_avg_pool2d(h, (h.shape[-2], self.bands))
+        return rearrange(self.proj(rearrange(h, "n c t m -> n t (c m)")), "n t w -> n w t")
+
+
+class VideoFeatures(nn.Module):
+    """Noisy video latent ``[N, F, C, H, W]`` → features per frame ``[N, w, F]``.
+
+    The same ConvFiLM layers on every frame, then a learned pooling over a coarse grid of image
+    cells, so that colour and ball position survive.
+    """
+
+    def __init__(self, *, channels: int, width: int, time_dim: int, grid: int):
+        super().__init__()
+        self.grid = int(grid)
+        self.enc = Encoder2d(c_in=channels, width=width, time_dim=time_dim)
+        self.proj = nn.Linear(width * self.grid ** 2, width)
+
+    def forward(self, v_t: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        n, frames = v_t.shape[:2]
+        per_frame = self.enc(rearrange(v_t, "n f c h w -> (n f) c h w"),
+                             temb.repeat_interleave(frames, dim=0))
+        cells = F.adaptive_avg_pool2d(per_frame, self.grid)
+        h = self.proj(rearrange(cells, "nf c h w -> nf (c h w)"))
+        return rearrange(h, "(n f) w -> n w f", n=n)
+
+
 # --------------------------------------------------------------------------- discriminators
 class Discriminator(nn.Module):
     """Convolutional joint discriminator on noisy latents, ``[N, C, T, M] × [N, F, C, H, W] → [N]``."""
@@ -165,12 +206,10 @@ class Discriminator(nn.Module):
                            video_grid=video_grid)
         self.audio_bands, self.video_grid = int(audio_bands), int(video_grid)
         self.time = TimeEmbedding(dim=time_dim)
-        self.audio_enc = Encoder2d(c_in=self.audio_shape[0], width=width, time_dim=time_dim)
-        self.video_enc = Encoder2d(c_in=self.video_shape[1], width=width, time_dim=time_dim)
-        # learned pooling: a coarse grid of mel bands / image cells, flattened and projected, so
-        # that pitch and ball position survive (a plain mean over them would discard both)
-        self.audio_proj = nn.Linear(width * self.audio_bands, width)
-        self.video_proj = nn.Linear(width * self.video_grid ** 2, width)
+        self.audio = AudioFeatures(channels=self.audio_shape[0], width=width, time_dim=time_dim,
+                                   bands=self.audio_bands)
+        self.video = VideoFeatures(channels=self.video_shape[1], width=width, time_dim=time_dim,
+                                   grid=self.video_grid)
         self.audio_temporal = ConvFiLM(dims=1, c_in=width, c_out=width, time_dim=time_dim)
         self.video_temporal = ConvFiLM(dims=1, c_in=width, c_out=width, time_dim=time_dim)
         self.temporal_head = FiLMHead(d_in=2 * width, hidden=head_hidden, time_dim=time_dim)
@@ -178,21 +217,14 @@ class Discriminator(nn.Module):
 
     def encode_audio(self, a_t: torch.Tensor, temb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Audio features per fused step ``[N, F, w]`` and its timing-blind embedding ``[N, w]``."""
-        h = self.audio_enc(a_t, temb)                                    # [N, w, T', M']
-        h = F.adaptive_avg_pool2d(h, (h.shape[-2], self.audio_bands))
-        h = rearrange(self.audio_proj(rearrange(h, "n c t m -> n t (c m)")), "n t w -> n w t")
+        h = self.audio(a_t, temb)
         pooled = h.mean(dim=-1)
         steps = self.audio_temporal(resample_time(h, self.num_frames_fused), temb)
         return rearrange(steps, "n w f -> n f w"), pooled
 
     def encode_video(self, v_t: torch.Tensor, temb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Video features per fused step ``[N, F, w]`` and its timing-blind embedding ``[N, w]``."""
-        n, frames = v_t.shape[:2]
-        per_frame = self.video_enc(rearrange(v_t, "n f c h w -> (n f) c h w"),
-                                   temb.repeat_interleave(frames, dim=0))
-        cells = F.adaptive_avg_pool2d(per_frame, self.video_grid)
-        h = self.video_proj(rearrange(cells, "nf c h w -> nf (c h w)"))
-        h = rearrange(h, "(n f) w -> n w f", n=n)
+        h = self.video(v_t, temb)
         pooled = h.mean(dim=-1)
         steps = self.video_temporal(resample_time(h, self.num_frames_fused), temb)
         return rearrange(steps, "n w f -> n f w"), pooled

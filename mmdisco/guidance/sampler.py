@@ -11,6 +11,13 @@ discriminator draws nothing, so the draws never depend on ``D`` or the scales, a
 with the same generator state and ``batch_size`` — bit for bit. More: with ``s_a = 0`` the
 audio alone is unchanged whatever ``s_v`` is, since ``ε_A`` never sees the video.
 ``modality_generators(seed)`` derives the pair from one master seed.
+
+Extensions beyond the paper, both off by default and inactive when unguided:
+- a ``critic`` (``mmdisco.guidance.critic``) adds its own residual ``c_m r_C^m`` to each ε̂;
+- restarts: each of the first ``restart_steps`` steps is repeated ``restarts`` more times, each
+  time re-noising the result from ``t_prev`` back to ``t`` with the forward process
+  ``x_t = sqrt(ᾱ_t/ᾱ_prev) x_prev + sqrt(1 − ᾱ_t/ᾱ_prev) z`` (``z`` from the modality's own
+  generator), so guidance gets more passes where the content is decided.
 """
 from __future__ import annotations
 
@@ -41,6 +48,14 @@ def guided_eps(eps_a: torch.Tensor, eps_v: torch.Tensor, r_a: torch.Tensor | Non
     out_a = eps_a if s_a == 0 or r_a is None else eps_a + s_a * r_a
     out_v = eps_v if s_v == 0 or r_v is None else eps_v + s_v * r_v
     return out_a, out_v
+
+
+def renoise(x_prev: torch.Tensor, alpha_t: float, alpha_prev: float,
+            generator: torch.Generator) -> torch.Tensor:
+    """Forward process from ``t_prev`` back to ``t``: ``sqrt(ᾱ_t/ᾱ_prev) x + sqrt(1 − ᾱ_t/ᾱ_prev) z``."""
+    ratio = alpha_t / alpha_prev
+    z = torch.randn(x_prev.shape, generator=generator, device=generator.device, dtype=x_prev.dtype)
+    return math.sqrt(ratio) * x_prev + math.sqrt(max(1.0 - ratio, 0.0)) * z.to(x_prev.device)
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -137,12 +152,17 @@ def sample_joint(base_a: BaseModel, base_v: BaseModel, D: nn.Module | None, *, n
                  scale_a: float = 1.0, scale_v: float = 1.0, batch_size: int | None = None,
                  cond_a: torch.Tensor | None = None, cond_v: torch.Tensor | None = None,
                  eta: float = 0.0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 critic: nn.Module | None = None, critic_scales: tuple[float, float] = (0.0, 0.0),
+                 restarts: int = 0, restart_steps: int = 0,
                  callback: Callable[[dict], None] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """Both bases in lockstep, guided by ``D``'s residuals; ``(a_0, v_0, timing)``.
 
-    ``callback`` receives, after each step, a dict with ``i, t, a_t, v_t, eps_a, eps_v, r_a, r_v``
-    (the latents before the step; residuals ``None`` when unguided).
+    ``critic`` and ``critic_scales = (c_a, c_v)`` add the critic's residuals; ``restarts`` extra
+    re-noised passes are made over each of the first ``restart_steps`` steps (only when some
+    guidance is active). ``callback`` receives, after each step, a dict with
+    ``i, t, a_t, v_t, eps_a, eps_v, r_a, r_v`` (the latents before the step; ``r`` is the summed,
+    scaled residual actually added, ``None`` when unguided).
     """
     batch_size = _check_common(num_samples, steps, kind, batch_size, eta)
     check_pair(base_a, base_v)
@@ -151,8 +171,11 @@ def sample_joint(base_a: BaseModel, base_v: BaseModel, D: nn.Module | None, *, n
                          f"{base_a.modality!r} and {base_v.modality!r}")
     if len(generators) != 2:
         raise ValueError("generators must be a pair (gen_a, gen_v); see modality_generators(seed)")
-    if not (math.isfinite(scale_a) and math.isfinite(scale_v)):
-        raise ValueError(f"guidance scales must be finite, got {scale_a} and {scale_v}")
+    if not all(math.isfinite(x) for x in (scale_a, scale_v, *critic_scales)):
+        raise ValueError(f"guidance scales must be finite, got {scale_a}, {scale_v} and critic "
+                         f"{tuple(critic_scales)}")
+    if restarts < 0 or restart_steps < 0:
+        raise ValueError(f"restarts and restart_steps must be >= 0, got {restarts} and {restart_steps}")
     _check_cond(cond_a, num_samples, "cond_a")
     _check_cond(cond_v, num_samples, "cond_v")
     gen_a, gen_v = generators
@@ -161,40 +184,58 @@ def sample_joint(base_a: BaseModel, base_v: BaseModel, D: nn.Module | None, *, n
     if not torch.equal(sched_a.timesteps, sched_v.timesteps):
         raise ValueError("the two bases' schedulers give different timestep sequences for "
                          f"{steps} steps; give both the same timestep_spacing and steps_offset")
-    guide = D is not None and (scale_a != 0 or scale_v != 0)
+    guides = [(m, sa, sv) for m, sa, sv in ((D, scale_a, scale_v), (critic, *critic_scales))
+              if m is not None and (sa != 0 or sv != 0)]
     alphas_a, alphas_v = base_a.alphas_cumprod(), base_v.alphas_cumprod()
+    timesteps = [int(t) for t in sched_a.timesteps]
     timing, start, out_a, out_v = _new_timing(), time.perf_counter(), [], []
+
+    def guided_update(t: int, a: torch.Tensor, v: torch.Tensor, ca, cv):
+        """One guided step from ``t``: (a_next, v_next, eps_a, eps_v, r_a, r_v)."""
+        t_batch = torch.full((len(a),), t, device=device, dtype=torch.long)
+        # 1. base predictions (frozen, no graph)
+        tick = time.perf_counter()
+        with torch.no_grad():
+            eps_a, eps_v = base_a.eps(a, t_batch, ca), base_v.eps(v, t_batch, cv)
+        _sync(device)
+        timing["base_s"] += time.perf_counter() - tick
+        timing["base_passes"] += 2
+        # 2. residuals: one forward + one input-gradient pass per guiding module
+        r_a = r_v = None
+        for module, s_a, s_v in guides:
+            tick = time.perf_counter()
+            g_a, g_v = residuals(module, a, v, t_batch, alphas_a, alphas_v)
+            _sync(device)
+            timing["guidance_s"] += time.perf_counter() - tick
+            timing["guidance_passes"] += 1
+            if s_a != 0:  # a zero scale adds nothing at all (bit-identical ε)
+                r_a = s_a * g_a if r_a is None else r_a + s_a * g_a
+            if s_v != 0:
+                r_v = s_v * g_v if r_v is None else r_v + s_v * g_v
+        # 3. guided ε and each scheduler's own update
+        hat_a, hat_v = guided_eps(eps_a, eps_v, r_a, r_v, 1.0, 1.0)
+        tick = time.perf_counter()
+        a_next = _step(sched_a, kind, hat_a, t, a, gen_a, eta)
+        v_next = _step(sched_v, kind, hat_v, t, v, gen_v, eta)
+        _sync(device)
+        timing["step_s"] += time.perf_counter() - tick
+        return a_next, v_next, eps_a, eps_v, r_a, r_v
+
     for lo in range(0, num_samples, batch_size):
         hi = min(lo + batch_size, num_samples)
         a = _init_noise(base_a, sched_a, hi - lo, gen_a, device, dtype)   # audio noise first,
         v = _init_noise(base_v, sched_v, hi - lo, gen_v, device, dtype)   # then video noise
         ca, cv = _rows(cond_a, lo, hi, device), _rows(cond_v, lo, hi, device)
-        for i, t in enumerate(sched_a.timesteps):
-            t_batch = torch.full((hi - lo,), int(t), device=device, dtype=torch.long)
-            # 1. base predictions (frozen, no graph)
-            tick = time.perf_counter()
-            with torch.no_grad():
-                eps_a, eps_v = base_a.eps(a, t_batch, ca), base_v.eps(v, t_batch, cv)
-            _sync(device)
-            timing["base_s"] += time.perf_counter() - tick
-            timing["base_passes"] += 2
-            # 2. residuals from one forward + one input-gradient pass of D
-            r_a = r_v = None
-            if guide:
-                tick = time.perf_counter()
-                r_a, r_v = residuals(D, a, v, t_batch, alphas_a, alphas_v)
-                _sync(device)
-                timing["guidance_s"] += time.perf_counter() - tick
-                timing["guidance_passes"] += 1
-            # 3. guided ε and each scheduler's own update
-            hat_a, hat_v = guided_eps(eps_a, eps_v, r_a, r_v, scale_a, scale_v)
-            tick = time.perf_counter()
-            a_next = _step(sched_a, kind, hat_a, t, a, gen_a, eta)
-            v_next = _step(sched_v, kind, hat_v, t, v, gen_v, eta)
-            _sync(device)
-            timing["step_s"] += time.perf_counter() - tick
+        for i, t in enumerate(timesteps):
+            repeats = restarts if guides and i < restart_steps and i + 1 < len(timesteps) else 0
+            for r in range(repeats + 1):
+                a_next, v_next, eps_a, eps_v, r_a, r_v = guided_update(t, a, v, ca, cv)
+                if r < repeats:  # back to t and do the step again
+                    t_prev = timesteps[i + 1]
+                    a = renoise(a_next, float(alphas_a[t]), float(alphas_a[t_prev]), gen_a)
+                    v = renoise(v_next, float(alphas_v[t]), float(alphas_v[t_prev]), gen_v)
             if callback is not None:
-                callback({"i": i, "t": int(t), "a_t": a, "v_t": v, "eps_a": eps_a, "eps_v": eps_v,
+                callback({"i": i, "t": t, "a_t": a, "v_t": v, "eps_a": eps_a, "eps_v": eps_v,
                           "r_a": r_a, "r_v": r_v})
             a, v = a_next, v_next
         out_a.append(a)

@@ -1,14 +1,15 @@
-"""Saving and loading a trained discriminator: safetensors weights + its constructor config."""
+"""Saving and loading a trained guide (discriminator or critic): safetensors weights + its config."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from torch import nn
 
+from mmdisco.guidance.critic import Critic
 from mmdisco.guidance.discriminator import Discriminator
 from mmdisco.io import load_tensors, read_json, save_tensors, write_json
 
-KINDS = {"discriminator": Discriminator}
+KINDS = {"discriminator": Discriminator, "critic": Critic}
 
 
 def save_discriminator(D: nn.Module, folder: Path) -> None:
