@@ -171,10 +171,11 @@ def train_critic(critic: Critic, *, real_a: torch.Tensor, real_v: torch.Tensor,
             nn.utils.clip_grad_norm_(critic.parameters(), cfg.grad_clip)
         opt.step()
         step += 1
-        if not math.isfinite(float(loss)):
-            raise FloatingPointError(f"critic loss became {float(loss)} at step {step}; "
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"critic loss became {value} at step {step}; "
                                      f"lower critic.lr (now {cfg.lr})")
-        window.setdefault("loss", []).append(float(loss.detach()))
+        window.setdefault("loss", []).append(value)
         window.setdefault("top1", []).append(
             float((S.detach().argmax(1) == torch.arange(len(S))).float().mean()))
         if step % cfg.log_every == 0 or step == cfg.steps:
