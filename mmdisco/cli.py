@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from mmdisco.eval import av_align
 from stages import (acquire, encode, evaluate, extract_clips, sample, sample_fakes, train_base,
                     train_critic, train_discriminator)
 
@@ -28,6 +29,7 @@ def main(threads: int | None) -> None:
 for _module in (acquire, extract_clips, encode, train_base, sample_fakes, train_discriminator,
                 train_critic, sample, evaluate):
     main.add_command(_module.main)
+main.add_command(av_align.main)
 
 if __name__ == "__main__":
     main()
