@@ -67,7 +67,7 @@ def main() -> None:
     enc = read_json(proj / "data/latents/encoders.json")
     mel, pixels = encoder_from_state(enc["audio"]), encoder_from_state(enc["video"])
     common = dict(mel_hz=mel.mel_frequencies().numpy(), mel_frame_rate=mel.frame_rate,
-                  fps=enc["fps"], num_classes=params.data.synth.num_classes, bootstrap=0,
+                  fps=enc["fps"], num_classes=params.data.synth.num_classes, bootstrap=50,
                   confidence=0.95, seed=0)
     seeds = [int(s) for s in args.seeds.split(",")]
     report = {}

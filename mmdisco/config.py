@@ -161,7 +161,8 @@ class TinyBaseConfig:
                               choices=("squaredcos_cap_v2", "linear", "scaled_linear"),
                               doc="noise schedule (Nichol & Dhariwal 2021 cosine by default)")
     num_train_timesteps: int = _opt(1000, lo=2, hi=100000)
-    clip_sample: bool = _opt(True, doc="schedulers clip x0 predictions to [-1, 1] (latents live there)")
+    clip_sample: bool = _opt(True, doc="eps() clips its x0 prediction to [-1, 1] (latents live "
+                                       "there); schedulers never clip")
 
     def validate(self, key: str) -> None:
         if not self.channels:

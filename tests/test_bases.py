@@ -43,7 +43,8 @@ def _noised(base: TinyBase, shape: tuple[int, ...], t: torch.Tensor):
 
 @pytest.mark.parametrize("cfg,shape", [(A_CFG, AUDIO), (V_CFG, VIDEO)])
 def test_v_prediction_converts_exactly_to_eps(cfg, shape):
-    base = _base(TinyBaseConfig(**{**cfg.__dict__, "prediction_type": "v_prediction"}), shape)
+    base = _base(TinyBaseConfig(**{**cfg.__dict__, "prediction_type": "v_prediction",
+                                    "clip_sample": False}), shape)
     assert isinstance(base, BaseModel)
     t = torch.tensor([0, 10, 500, 900, 999])
     x0, noise, a, s, x_t = _noised(base, shape, t)
@@ -56,6 +57,28 @@ def test_v_prediction_converts_exactly_to_eps(cfg, shape):
         out, got = base(x_t, t), base.eps(x_t, t)
     torch.testing.assert_close(got.double(), a * out.double() + s * x_t.double(), atol=1e-6, rtol=1e-6)
     assert got.shape == x_t.shape and not torch.allclose(got, out)
+
+
+def test_clip_sample_keeps_the_implied_x0_in_range_and_is_otherwise_the_identity():
+    base = _base(A_CFG, AUDIO)
+    assert base.cfg.clip_sample
+    t = torch.tensor([5, 200, 600, 950])
+    x0, noise, a, s, x_t = _noised(base, AUDIO, t)
+    # a consistent ε (implied x̂_0 = x0 inside [-1, 1]) is left alone, up to rounding
+    torch.testing.assert_close(base.constrain_eps(noise.float(), x_t, t), noise.float(), atol=1e-4, rtol=0)
+    # a wild ε is pulled back until its x̂_0 is clipped, exactly
+    wild = noise.float() + 5.0
+    fixed = base.constrain_eps(wild, x_t, t)
+    x0_hat = (x_t.double() - s * fixed.double()) / a
+    assert float(x0_hat.abs().max()) <= 1.0 + 1e-4
+    raw = ((x_t.double() - s * wild.double()) / a).clamp(-1, 1)
+    torch.testing.assert_close(x0_hat, raw, atol=1e-4, rtol=0)
+    # eps() applies it; with clip_sample off it is the identity
+    with torch.no_grad():
+        e = base.eps(x_t, t)
+    assert float(((x_t.double() - s * e.double()) / a).abs().max()) <= 1.0 + 1e-4
+    free = _base(TinyBaseConfig(**{**A_CFG.__dict__, "clip_sample": False}), AUDIO)
+    assert free.constrain_eps(wild, x_t, t) is wild
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -101,7 +124,8 @@ def test_data_stats_are_estimated_only_when_null():
 
 
 def test_eps_prediction_passes_through():
-    base = _base(TinyBaseConfig(**{**A_CFG.__dict__, "prediction_type": "epsilon"}), AUDIO)
+    base = _base(TinyBaseConfig(**{**A_CFG.__dict__, "prediction_type": "epsilon",
+                                    "clip_sample": False}), AUDIO)
     x, t = torch.randn(3, *AUDIO), torch.tensor([1, 2, 3])
     with torch.no_grad():
         assert torch.equal(base.eps(x, t), base(x, t))

@@ -122,12 +122,15 @@ def build_unet(cfg: TinyBaseConfig, latent_shape: tuple[int, ...]) -> torch.nn.M
 
 
 def make_scheduler(cfg: TinyBaseConfig, kind: str):
-    """A fresh diffusers scheduler for this schedule, stepping on ε (what ``eps`` returns)."""
+    """A fresh diffusers scheduler for this schedule, stepping on ε (what ``eps`` returns).
+
+    It never clips: ``TinyBase.eps`` applies ``clip_sample`` to its own x̂_0, so that the ε the
+    sampler (and any guidance added to it) hands over is used as is."""
     if kind not in SCHEDULERS:
         raise ValueError(f"unknown scheduler kind {kind!r}; choose one of {', '.join(SCHEDULERS)}")
     return SCHEDULERS[kind](
         num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
-        prediction_type="epsilon", clip_sample=cfg.clip_sample, clip_sample_range=1.0,
+        prediction_type="epsilon", clip_sample=False,  # TinyBase.eps clips x̂_0 itself
         timestep_spacing="trailing")
 
 
@@ -156,10 +159,29 @@ class TinyBase(torch.nn.Module):
         return make_scheduler(self.cfg, kind)
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """ε prediction, converted exactly from whatever the network predicts."""
+        """ε prediction, converted exactly from whatever the network predicts.
+
+        With ``clip_sample`` the implied ``x̂_0 = (x_t − σ_t ε)/sqrt(ᾱ_t)`` is clipped to
+        ``[-1, 1]`` HERE and ε recomputed from it, and the schedulers never clip. Clipping in
+        the scheduler instead would silently absorb a guidance residual wherever ``x̂_0`` is
+        saturated and leave only the ``sqrt(1 − ᾱ_prev) ε̂`` term, which moves the sample
+        AGAINST the guidance gradient.
+        """
         if cond is not None:
             raise ValueError("tiny bases are unconditional; pass cond=None")
-        return self.output_to_eps(self.forward(x_t, t), x_t, t)
+        return self.constrain_eps(self.output_to_eps(self.forward(x_t, t), x_t, t), x_t, t)
+
+    def constrain_eps(self, eps: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """ε whose implied ``x̂_0`` lies in ``[-1, 1]`` (``clip_sample``; identity otherwise).
+
+        The guided sampler applies it again to ``ε + s·r``, so guidance moves ``x̂_0`` only
+        within the latents' range and the step stays consistent with the clipped ``x̂_0``.
+        """
+        if not self.cfg.clip_sample:
+            return eps
+        a, s = self._coefs(t, x_t)
+        x0 = ((x_t - s * eps) / a).clamp(-1.0, 1.0)
+        return (x_t - a * x0) / s
 
     # ------------------------------------------------------------------ parameterisation
     # a = sqrt(ᾱ_t), s = σ_t; "edm" (Karras et al. 2022, https://arxiv.org/abs/2206.00364, in VP

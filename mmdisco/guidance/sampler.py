@@ -50,6 +50,17 @@ def guided_eps(eps_a: torch.Tensor, eps_v: torch.Tensor, r_a: torch.Tensor | Non
     return out_a, out_v
 
 
+def constrain(base: BaseModel, eps: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The base's ``constrain_eps`` (e.g. x̂_0 clipping) applied to a guided ε, if it has one.
+
+    Bases whose scheduler would clip x̂_0 must do it here instead: a scheduler that clips x̂_0
+    but steps with the unclipped ε (diffusers' default) absorbs the guidance wherever x̂_0 is
+    saturated and keeps only the ``sqrt(1 − ᾱ_prev) ε̂`` term, which moves against it.
+    """
+    fn = getattr(base, "constrain_eps", None)
+    return eps if fn is None else fn(eps, x_t, t)
+
+
 def renoise(x_prev: torch.Tensor, alpha_t: float, alpha_prev: float,
             generator: torch.Generator) -> torch.Tensor:
     """Forward process from ``t_prev`` back to ``t``: ``sqrt(ᾱ_t/ᾱ_prev) x + sqrt(1 − ᾱ_t/ᾱ_prev) z``."""
@@ -212,8 +223,12 @@ def sample_joint(base_a: BaseModel, base_v: BaseModel, D: nn.Module | None, *, n
                 r_a = s_a * g_a if r_a is None else r_a + s_a * g_a
             if s_v != 0:
                 r_v = s_v * g_v if r_v is None else r_v + s_v * g_v
-        # 3. guided ε and each scheduler's own update
+        # 3. guided ε (kept inside the base's own x̂_0 range) and each scheduler's update
         hat_a, hat_v = guided_eps(eps_a, eps_v, r_a, r_v, 1.0, 1.0)
+        if r_a is not None:
+            hat_a = constrain(base_a, hat_a, a, t_batch)
+        if r_v is not None:
+            hat_v = constrain(base_v, hat_v, v, t_batch)
         tick = time.perf_counter()
         a_next = _step(sched_a, kind, hat_a, t, a, gen_a, eta)
         v_next = _step(sched_v, kind, hat_v, t, v, gen_v, eta)
