@@ -233,6 +233,7 @@ class FakesConfig:
 
     num_pairs: int = _opt(1024, lo=2, doc="fake pairs in the bank")
     steps: int = _opt(25, lo=1, hi=1000, doc="DDIM steps per sample")
+    eta: float = _opt(1.0, lo=0.0, hi=1.0, doc="DDIM stochasticity (match sample.eta)")
     batch_size: int = _opt(256, lo=1)
 
 
@@ -249,7 +250,7 @@ class DiscriminatorConfig:
 class TrainConfig:
     """Discriminator training (the base models stay frozen)."""
 
-    steps: int = _opt(1000, lo=1)
+    steps: int = _opt(700, lo=1)
     batch_size: int = _opt(64, lo=2, doc="real pairs per step (and as many negatives)")
     lr: float = _opt(1e-3, lo=0.0, lo_open=True)
     weight_decay: float = _opt(0.0, lo=0.0)
@@ -272,7 +273,7 @@ class CriticConfig:
     time_dim: int = _opt(64, lo=8, hi=1024, doc="timestep embedding size")
     dim: int = _opt(64, lo=4, hi=1024, doc="embedding size of each tower")
     temperature: float = _opt(0.1, lo=0.0, lo_open=True, doc="τ: score = cosine / τ")
-    steps: int = _opt(1500, lo=1)
+    steps: int = _opt(1000, lo=1)
     batch_size: int = _opt(64, lo=2, doc="real pairs per step; the others are the negatives")
     lr: float = _opt(1e-3, lo=0.0, lo_open=True)
     warmup_steps: int = _opt(50, lo=0)
@@ -300,9 +301,9 @@ class GuidanceConfig:
     """
 
     scale: float = _opt(4.0, lo=0.0, doc="overall guidance scale; 0 = independent sampling")
-    audio_weight: float = _opt(1.0, lo=0.0)
-    video_weight: float = _opt(1.0, lo=0.0)
-    critic_weight: float = _opt(0.0, lo=0.0, doc="critic residual relative to scale; 0 = off")
+    audio_weight: float = _opt(2.0, lo=0.0)
+    video_weight: float = _opt(0.5, lo=0.0)
+    critic_weight: float = _opt(2.0, lo=0.0, doc="critic residual relative to scale; 0 = off")
     critic_audio_weight: float = _opt(1.0, lo=0.0)
     critic_video_weight: float = _opt(0.0, lo=0.0)
     restarts: int = _opt(0, lo=0, doc="extra re-noised repeats of each of the first restart_steps")
@@ -325,7 +326,8 @@ class SampleConfig:
     num_samples: int = _opt(512, lo=1, doc="pairs per set (guided and baseline)")
     steps: int = _opt(25, lo=1, hi=1000)
     kind: str = _opt("ddim", choices=("ddim", "ddpm"))
-    eta: float = _opt(0.0, lo=0.0, hi=1.0, doc="DDIM stochasticity")
+    eta: float = _opt(1.0, lo=0.0, hi=1.0, doc="DDIM stochasticity (1: a fresh noise draw per "
+                                                "step, which lets guidance correct course)")
     batch_size: int = _opt(256, lo=1)
     media: int = _opt(8, lo=0, doc="pairs per set written as mp4 with sound")
 

@@ -2,7 +2,8 @@
 
 Sections of `metrics/eval.json`: `real` (the clips themselves, the ceiling), `shuffled` (real
 audio paired with another clip's video, the chance level), `baseline` (independent sampling)
-and `guided` (discriminator-guided joint sampling, same initial noise as the baseline). The
+and `guided` (discriminator-guided joint sampling, same initial noise as the baseline), each
+with Fréchet distances to real clips on the world's fixed features (`fd_audio`, `fd_video`). The
 MLflow run of this stage carries every param, every metric, the sample media and the ids of
 the training runs used, so experiments compare side by side in the UI.
 """
@@ -29,6 +30,32 @@ def subsample(n: int, max_pairs: int, seed: int) -> torch.Tensor:
     if max_pairs and max_pairs < n:
         keep = np.sort(np.random.default_rng(seed).choice(n, max_pairs, replace=False))
     return torch.from_numpy(keep)
+
+
+def add_frechet(report: dict, real: tuple[np.ndarray, np.ndarray],
+                sets: dict[str, tuple[np.ndarray, np.ndarray]], seed: int) -> None:
+    """Fréchet distances to real clips on the world's fixed features (``mmdisco.eval.frechet``).
+
+    FD is biased by the set size, so every set is compared with a real subset of its own size;
+    the `real` section holds the floor: two disjoint real subsets of that size (when the real
+    clips suffice).
+    """
+    from mmdisco.eval.frechet import WorldAudioFeatures, WorldVideoFeatures, frechet_distance
+
+    videos, mel_db = real
+    audio_features, video_features = WorldAudioFeatures(n_mels=mel_db.shape[-1]), WorldVideoFeatures()
+    order = np.random.default_rng(seed).permutation(len(videos))
+    for name, (v, m) in sets.items():
+        n = len(v)
+        ref = order[:n]
+        for modality, fx, real_x, x in (("audio", audio_features, mel_db, m),
+                                        ("video", video_features, videos, v)):
+            report[name][f"fd_{modality}"] = frechet_distance(fx(real_x[ref]), fx(x))["fd"]
+            if 2 * n <= len(order):
+                floor = frechet_distance(fx(real_x[ref]), fx(real_x[order[n:2 * n]]))["fd"]
+                report["real"][f"fd_{modality}"] = floor
+        report[name]["fd_pairs"] = n
+        report["real"]["fd_pairs"] = n if 2 * n <= len(order) else 0
 
 
 @click.command("evaluate")
@@ -67,18 +94,21 @@ def main(params_path: Path, clips_dir: Path, latents_dir: Path, samples_dir: Pat
               "shuffled": evaluate_clips(videos, mel_db, shuffle=True, **common)}
     # 2. samples: decode latents exactly as the real clips were read
     if samples_dir is not None:
+        decoded = {}
         for name in SETS:
             a = load_tensors(samples_dir / name / "audio.safetensors")["latents"]
             v = load_tensors(samples_dir / name / "video.safetensors")["latents"]
             keep = subsample(len(a), cfg.max_pairs, seed)
-            report[name] = evaluate_clips(pixels.decode(v[keep]).numpy(),
-                                          mel.to_db(a[keep]).numpy(), shuffle=False, **common)
+            decoded[name] = (pixels.decode(v[keep]).numpy(), mel.to_db(a[keep]).numpy())
+            report[name] = evaluate_clips(*decoded[name], shuffle=False, **common)
+        add_frechet(report, (videos, mel_db), decoded, seed)
     write_json(metrics_path, report)
     click.echo(f"evaluate: {len(report)} sets in {timer.seconds} s -> {metrics_path}")
     for section, m in report.items():
+        fd = (f"  FD a/v {m['fd_audio']:.3f}/{m['fd_video']:.3f}" if "fd_audio" in m else "")
         click.echo(f"  {section:9s} semantic {m['semantic_agreement'] or 0:.3f}  temporal_f1 "
                    f"{m['temporal_f1'] or 0:.3f}  aligned {m['aligned_fraction']:.3f}  "
-                   f"validity a/v {m['validity_audio']:.3f}/{m['validity_video']:.3f}")
+                   f"validity a/v {m['validity_audio']:.3f}/{m['validity_video']:.3f}{fd}")
     # 3. one MLflow run that carries everything needed to compare experiments
     with tracking.stage_run("evaluate", to_dict(params)):
         import mlflow
