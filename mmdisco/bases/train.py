@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import math
 import time
 from pathlib import Path
@@ -22,11 +20,9 @@ import torch
 from mmdisco.bases.protocol import sigma, sqrt_alpha_bar
 from mmdisco.bases.tiny import TinyBase, check_config, check_shape
 from mmdisco.config import ConfigError, TinyBaseConfig, TrainBaseConfig, to_dict
-from mmdisco.io import atomic_path, read_json
+from mmdisco import checkpoint
 
 CHECKPOINT_DIR = "checkpoint"
-STATE_FILE = "state.pt"
-META_FILE = "meta.json"
 
 
 def learning_rate(cfg: TrainBaseConfig, step: int) -> float:
@@ -75,38 +71,7 @@ def resolve_data_stats(cfg: TinyBaseConfig, latents: torch.Tensor) -> TinyBaseCo
 # --------------------------------------------------------------------------- state
 def _fingerprint(latents: torch.Tensor, cfg: TrainBaseConfig, seed: int) -> str:
     """What a checkpoint must have been made from to be resumed."""
-    h = hashlib.sha256()
-    h.update(repr((to_dict(cfg), seed, tuple(latents.shape), str(latents.dtype))).encode())
-    h.update(latents.contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _save_checkpoint(folder: Path, step: int, base: TinyBase, ema: torch.nn.Module,
-                     opt: torch.optim.Optimizer, gen: torch.Generator, fingerprint: str,
-                     last: dict) -> None:
-    """Write model, EMA, optimiser, step and generator state as one atomic folder."""
-    with atomic_path(folder) as tmp:
-        tmp.mkdir()
-        torch.save({"step": step, "model": base.unet.state_dict(), "ema": ema.state_dict(),
-                    "optimizer": opt.state_dict(), "generator": gen.get_state()}, tmp / STATE_FILE)
-        (tmp / META_FILE).write_text(json.dumps({"step": step, "fingerprint": fingerprint,
-                                                 "last": last}) + "\n")
-
-
-def _load_checkpoint(folder: Path, base: TinyBase, ema: torch.nn.Module,
-                     opt: torch.optim.Optimizer, gen: torch.Generator,
-                     fingerprint: str) -> tuple[int, dict]:
-    """Restore a checkpoint made from the same data, config and seed; return (step, last log)."""
-    meta = read_json(folder / META_FILE)
-    if meta.get("fingerprint") != fingerprint:
-        raise ValueError(f"the checkpoint in {folder} was made from other latents, config or "
-                         f"seed; delete that folder to train from scratch")
-    state = torch.load(folder / STATE_FILE, weights_only=True)
-    base.unet.load_state_dict(state["model"])
-    ema.load_state_dict(state["ema"])
-    opt.load_state_dict(state["optimizer"])
-    gen.set_state(state["generator"])
-    return int(state["step"]), meta.get("last", {})
+    return checkpoint.fingerprint("base", latents, to_dict(cfg), seed)
 
 
 def _check_latents(latents: torch.Tensor, cfg: TrainBaseConfig) -> None:
@@ -142,8 +107,13 @@ def train_base(latents: torch.Tensor, cfg: TrainBaseConfig, out_dir: Path, *, se
     ckpt = out_dir / CHECKPOINT_DIR
     fingerprint = _fingerprint(latents, cfg, seed)
     step, last = 0, {}
-    if (ckpt / META_FILE).is_file():
-        step, last = _load_checkpoint(ckpt, base, ema, opt, gen, fingerprint)
+    state = checkpoint.load(ckpt, fingerprint)  # None when absent or made by another run
+    if state is not None:
+        base.unet.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        step, last = int(state["step"]), dict(state.get("last", {}))
     resumed_from = step
     # 3. loop
     base.train()
@@ -172,7 +142,9 @@ def train_base(latents: torch.Tensor, cfg: TrainBaseConfig, out_dir: Path, *, se
             if log is not None:
                 log(step, last)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            _save_checkpoint(ckpt, step, base, ema, opt, gen, fingerprint, last)
+            checkpoint.save(ckpt, step, {"model": base.unet.state_dict(), "ema": ema.state_dict(),
+                                         "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                                         "last": last}, fingerprint)
     # 4. final model = EMA weights
     final = TinyBase(base.cfg, base.latent_shape, unet=ema)
     final.save(out_dir)
