@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from mmdisco.eval import av_align
+from mmdisco.eval import av_align, report
 from stages import (acquire, encode, evaluate, extract_clips, sample, sample_fakes, train_base,
                     train_critic, train_discriminator)
 
@@ -30,6 +30,7 @@ for _module in (acquire, extract_clips, encode, train_base, sample_fakes, train_
                 train_critic, sample, evaluate):
     main.add_command(_module.main)
 main.add_command(av_align.main)
+main.add_command(report.main)
 
 if __name__ == "__main__":
     main()

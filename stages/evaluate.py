@@ -32,6 +32,33 @@ def subsample(n: int, max_pairs: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(keep)
 
 
+SWEEP_METRICS = ("validity_audio", "validity_video", "semantic_agreement", "temporal_f1",
+                 "aligned_fraction")
+
+
+def write_sweep_row(path: Path, params, report: dict) -> None:
+    """One CSV row: the guidance params and each set's headline metrics (``guided_*``,
+    ``baseline_*``). Each experiment has its own row, so ``dvc plots diff`` over experiments
+    draws the metrics against ``scale``."""
+    import csv
+    import io
+
+    from mmdisco.io import atomic_path
+
+    g = params.guidance
+    row = {"scale": g.scale, "audio_weight": g.audio_weight, "video_weight": g.video_weight,
+           "critic_weight": g.critic_weight}
+    for name in SETS:
+        row.update({f"{name}_{k}": report[name][k] for k in SWEEP_METRICS})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(row))
+    writer.writeheader()
+    writer.writerow(row)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue())
+
+
 def add_frechet(report: dict, real: tuple[np.ndarray, np.ndarray],
                 sets: dict[str, tuple[np.ndarray, np.ndarray]], seed: int) -> None:
     """Fréchet distances to real clips on the world's fixed features (``mmdisco.eval.frechet``).
@@ -68,9 +95,12 @@ def add_frechet(report: dict, real: tuple[np.ndarray, np.ndarray],
               default=None, help="output of `sample` (adds the baseline and guided sections)")
 @click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=Path),
               default="metrics/eval.json", show_default=True)
+@click.option("--sweep-plot", "sweep_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="CSV row of guidance params and guided/baseline metrics, for "
+                                 "`dvc plots diff` across experiments")
 @user_errors
 def main(params_path: Path, clips_dir: Path, latents_dir: Path, samples_dir: Path | None,
-         metrics_path: Path) -> None:
+         metrics_path: Path, sweep_path: Path | None) -> None:
     """Score real, shuffled, baseline and guided pairs with the ground-truth decoders (eval.*)."""
     from mmdisco.eval.metrics import evaluate_clips
 
@@ -103,6 +133,8 @@ def main(params_path: Path, clips_dir: Path, latents_dir: Path, samples_dir: Pat
             report[name] = evaluate_clips(*decoded[name], shuffle=False, **common)
         add_frechet(report, (videos, mel_db), decoded, seed)
     write_json(metrics_path, report)
+    if sweep_path is not None and samples_dir is not None:
+        write_sweep_row(sweep_path, params, report)
     click.echo(f"evaluate: {len(report)} sets in {timer.seconds} s -> {metrics_path}")
     for section, m in report.items():
         fd = (f"  FD a/v {m['fd_audio']:.3f}/{m['fd_video']:.3f}" if "fd_audio" in m else "")

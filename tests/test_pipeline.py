@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from mmdisco.testing import run
 
 STAGES = ("acquire", "extract_clips", "encode", "train_base_audio", "train_base_video",
-          "sample_fakes", "train_discriminator", "sample", "evaluate")
+          "sample_fakes", "train_discriminator", "train_critic", "sample", "evaluate")
 
 SMALL = {
     "data.synth.num_files": 24,
@@ -22,6 +22,8 @@ SMALL = {
     "fakes.num_pairs": 16, "fakes.steps": 3,
     "train.steps": 4, "train.batch_size": 8, "train.heldout": 8, "train.eval_every": 4,
     "train.log_every": 2, "train.checkpoint_every": 2,
+    "critic.steps": 4, "critic.batch_size": 8, "critic.heldout": 8, "critic.eval_every": 4,
+    "critic.log_every": 2, "critic.checkpoint_every": 2,
     "sample.num_samples": 6, "sample.steps": 3, "sample.media": 2,
 }
 
@@ -61,6 +63,9 @@ def test_dvc_repro_runs_the_pipeline_and_is_cached(project):
     assert fakes.shape == (16, 1, 32, 32) and torch.isfinite(fakes).all()
     disc = json.loads((proj / "metrics/discriminator.json").read_text())
     assert disc["steps"] == 4 and disc["parameter_ratio"] < 0.1
+    critic = json.loads((proj / "metrics/critic.json").read_text())
+    assert critic["steps"] == 4 and 0 <= critic["top1_t500"] <= 1
+    assert (proj / "models/critic/model.safetensors").is_file()
 
     # samples: latents, mp4 files with sound, contact sheets, per-pass cost
     for name in ("baseline", "guided"):
@@ -70,6 +75,8 @@ def test_dvc_repro_runs_the_pipeline_and_is_cached(project):
         assert (proj / f"data/samples/{name}/sheet.png").stat().st_size > 0
     cost = json.loads((proj / "metrics/sample.json").read_text())
     assert cost["guided"]["guidance_pass_s"] > 0 and cost["baseline"]["base_pass_s"] > 0
+    # the default guides with the discriminator and the critic: two guidance passes per step
+    assert cost["guided"]["guidance_passes"] == 2 * 3 and cost["baseline"]["guidance_passes"] == 0
 
     # evaluate: real pairs at the ceiling, shuffled far below, samples scored
     report = json.loads((proj / "metrics/eval.json").read_text())
@@ -78,6 +85,9 @@ def test_dvc_repro_runs_the_pipeline_and_is_cached(project):
     assert report["real"]["aligned_fraction"] >= 0.95
     assert report["shuffled"]["aligned_fraction"] < 0.5
     assert report["guided"]["validity_audio_n"] == 6
+    for name in ("baseline", "guided"):   # Fréchet distances to real clips of the same count
+        assert report[name]["fd_audio"] >= 0 and report[name]["fd_video"] >= 0
+        assert report[name]["fd_pairs"] == 6
 
     # one MLflow run per executed stage, tagged, with params; evaluate links the training runs
     db = sqlite3.connect(proj / "mlflow.db")
@@ -87,6 +97,7 @@ def test_dvc_repro_runs_the_pipeline_and_is_cached(project):
                            (runs["evaluate"],)).fetchall())
     assert tags["mmdisco.stage"] == "evaluate" and len(tags["mmdisco.git_commit"]) == 40
     assert tags["mmdisco.run.discriminator"] == runs["train_discriminator"]
+    assert tags["mmdisco.run.critic"] == runs["train_critic"]
     params = dict(db.execute("select key, value from params where run_uuid = ?",
                              (runs["evaluate"],)).fetchall())
     assert params["guidance.scale"] == "4.0" and "base.video.steps" in params
