@@ -85,6 +85,11 @@ def test_dvc_repro_runs_the_pipeline_and_is_cached(project):
     assert report["real"]["aligned_fraction"] >= 0.95
     assert report["shuffled"]["aligned_fraction"] < 0.5
     assert report["guided"]["validity_audio_n"] == 6
+    sweep = (proj / "plots/sweep.csv").read_text().splitlines()
+    assert sweep[0].startswith("scale,") and "guided_temporal_f1" in sweep[0]
+    assert float(sweep[1].split(",")[0]) == 4.0 and len(sweep) == 2
+    table = run(["mmdisco", "report"], proj).stdout
+    assert table.startswith("| set |") and "| guided |" in table and "| real |" in table
     for name in ("baseline", "guided"):   # Fréchet distances to real clips of the same count
         assert report[name]["fd_audio"] >= 0 and report[name]["fd_video"] >= 0
         assert report[name]["fd_pairs"] == 6
