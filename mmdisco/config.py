@@ -241,7 +241,7 @@ class FakesConfig:
 class DiscriminatorConfig:
     """The joint discriminator D(a_t, v_t, t) (README, "The method")."""
 
-    width: int = _opt(32, lo=4, hi=512, doc="conv channels of each modality encoder")
+    width: int = _opt(16, lo=4, hi=512, doc="conv channels of each modality encoder")
     time_dim: int = _opt(64, lo=8, hi=1024, doc="timestep embedding size")
     head_hidden: int = _opt(64, lo=4, hi=1024, doc="hidden units of the fusion heads")
 
@@ -250,7 +250,7 @@ class DiscriminatorConfig:
 class TrainConfig:
     """Discriminator training (the base models stay frozen)."""
 
-    steps: int = _opt(700, lo=1)
+    steps: int = _opt(1200, lo=1)
     batch_size: int = _opt(64, lo=2, doc="real pairs per step (and as many negatives)")
     lr: float = _opt(1e-3, lo=0.0, lo_open=True)
     weight_decay: float = _opt(0.0, lo=0.0)
@@ -269,7 +269,7 @@ class TrainConfig:
 class CriticConfig:
     """The contrastive critic (InfoNCE on real pairs; the alignment part of the residual)."""
 
-    width: int = _opt(32, lo=4, hi=512, doc="conv channels of each modality encoder")
+    width: int = _opt(16, lo=4, hi=512, doc="conv channels of each modality encoder")
     time_dim: int = _opt(64, lo=8, hi=1024, doc="timestep embedding size")
     dim: int = _opt(64, lo=4, hi=1024, doc="embedding size of each tower")
     temperature: float = _opt(0.1, lo=0.0, lo_open=True, doc="τ: score = cosine / τ")
@@ -300,7 +300,7 @@ class GuidanceConfig:
     ``scale`` multiplies everything, so ``scale = 0`` is independent sampling.
     """
 
-    scale: float = _opt(4.0, lo=0.0, doc="overall guidance scale; 0 = independent sampling")
+    scale: float = _opt(8.0, lo=0.0, doc="overall guidance scale; 0 = independent sampling")
     audio_weight: float = _opt(2.0, lo=0.0)
     video_weight: float = _opt(0.5, lo=0.0)
     critic_weight: float = _opt(2.0, lo=0.0, doc="critic residual relative to scale; 0 = off")

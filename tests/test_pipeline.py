@@ -87,7 +87,7 @@ def test_dvc_repro_runs_the_pipeline_and_is_cached(project):
     assert report["guided"]["validity_audio_n"] == 6
     sweep = (proj / "plots/sweep.csv").read_text().splitlines()
     assert sweep[0].startswith("scale,") and "guided_temporal_f1" in sweep[0]
-    assert float(sweep[1].split(",")[0]) == 4.0 and len(sweep) == 2
+    assert float(sweep[1].split(",")[0]) == 8.0 and len(sweep) == 2
     table = run(["mmdisco", "report"], proj).stdout
     assert table.startswith("| set |") and "| guided |" in table and "| real |" in table
     for name in ("baseline", "guided"):   # Fréchet distances to real clips of the same count
@@ -105,7 +105,7 @@ def test_dvc_repro_runs_the_pipeline_and_is_cached(project):
     assert tags["mmdisco.run.critic"] == runs["train_critic"]
     params = dict(db.execute("select key, value from params where run_uuid = ?",
                              (runs["evaluate"],)).fetchall())
-    assert params["guidance.scale"] == "4.0" and "base.video.steps" in params
+    assert params["guidance.scale"] == "8.0" and "base.video.steps" in params
     metric_keys = {k for (k,) in db.execute("select key from metrics where run_uuid = ?",
                                             (runs["evaluate"],))}
     assert {"guided.validity_audio", "baseline.aligned_fraction", "real.semantic_agreement",
