@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 
 import pytest
@@ -124,3 +125,10 @@ def test_dvc_repro_runs_the_pipeline_and_is_cached(project):
     scales = [r["data"]["params"]["params.yaml"]["data"]["guidance"]["scale"]
               for e in exps for r in e["revs"]]
     assert 2 in scales, shown
+    # the sweep plot reads each experiment's plots/sweep.csv: one point per scale
+    names = run(["dvc", "exp", "ls", "--name-only"], proj).stdout.split()
+    assert names, "no experiment listed"
+    vega = run(["dvc", "plots", "diff", *names, "--targets", "plots/sweep.csv", "--show-vega"],
+               proj).stdout
+    assert "guided_temporal_f1" in vega, vega[:2000]
+    assert re.search(r'"scale":\s*"?2(\.0)?"?[,}\s]', vega), vega[:2000]
