@@ -6,20 +6,34 @@ Reading (``read_media``)
   k of the result is the source frame on screen at video time k / fps, chosen from decord's
   frame timestamps, so any source frame rate is resampled without drift. Every decoded batch is
   checked (3 channels, the native size probed by PyAV); a file decord mangles or cannot open is
-  decoded again with PyAV.
-  Audio is decoded by decord at its native rate, mixed to mono, and resampled with torchaudio.
+  decoded again with PyAV, frame by frame in order. decord is not used at all for containers
+  without a frame index (MPEG-TS/PS, FLV, Ogg, ...): it seeks by timestamp and returns frames
+  from the wrong time there. The display rotation (a display matrix, e.g. from phones) is
+  applied: decord applies it itself, PyAV frames are turned with np.rot90.
+  Audio is streamed through PyAV (decord is the fallback): mixed to mono and resampled to the
+  clip rate frame by frame, so memory follows the clips, not the source; decoding stops where
+  the clips stop. A packet that does not decode is skipped (its time stays silent); more than
+  ``_MAX_BAD_PACKETS`` of them reject the file as "decode_error".
+  Nothing is read past ``_horizon``: 1 s after the video ends (by its packets or its header,
+  the earlier), so a damaged timestamp far ahead cannot make hours of output.
 
 Sync: audio sample 0 is placed at video time 0 (the video stream's first frame).
-  1. decord applies mp4/mov edit lists (the encoder priming packets are dropped), but not the
-     ``skip_samples`` that newer FFmpeg demuxers attach to the first packet of Matroska/WebM
-     streams (AAC codec delay, Opus pre-skip): those samples are dropped here, read from PyAV's
-     demuxer (without decoding).
-  2. The audio and video streams may start at different times (probe's ``start_time_s``):
-     a positive audio offset (audio starts later) prepends silence, a negative one drops samples.
+  1. PyAV's decoders apply mp4/mov edit lists and the ``skip_samples`` of Matroska/WebM
+     streams (AAC codec delay, Opus pre-skip); the first decoded frame's timestamp says where
+     the audio starts. (The decord fallback applies edit lists but not ``skip_samples``: those
+     samples are dropped here, read from PyAV's demuxer without decoding.)
+  2. Each audio frame plays at its own timestamp: where the timestamps jump by more than
+     ``_AUDIO_JUMP_S`` (a gap, an overlap, a fragmented mp4, a damaged packet) silence is
+     inserted or samples dropped, as a player would (decord would just concatenate the samples).
+  3. The audio and video streams may start at different times: a positive audio offset
+     (audio starts later) prepends silence, a negative one drops samples.
 
-Checks: before decoding, one PyAV demux pass (no decoding) rejects a file whose packets stop
-  before the duration its header declares ("truncated"); a file that does not open is
-  "truncated" when it starts with a container signature, else "not_media".
+Checks: before decoding, one PyAV demux pass (decoding only the first video frame, for its
+  rotation) rejects a file whose packets stop before the duration its header declares
+  ("truncated"), whose only picture is a cover (attached_pic: "no_video"), or whose video or
+  audio stream has no packets ("no_video", "no_audio"); a file that does not open is
+  "truncated" when it starts with a container signature, else "not_media"; a folder is
+  "not_media". Every reject detail says what is wrong and what to do.
 
 Extraction (``extract_clips``)
   Files are read by a small pool of worker processes (forkserver: a script calling it needs
@@ -38,6 +52,7 @@ import logging
 import math
 import multiprocessing as mp
 import os
+import re
 import stat
 import struct
 import time
@@ -54,7 +69,7 @@ import torchaudio
 from einops import rearrange
 
 from mmdisco.config import ClipConfig
-from mmdisco.data.media import MediaError, probe
+from mmdisco.data.media import MediaError, _video_info, probe
 from mmdisco.io import atomic_path, load_tensors, read_json, save_tensors, write_json
 
 log = logging.getLogger(__name__)
@@ -65,6 +80,9 @@ REJECT_REASONS = ("not_found", "zero_bytes", "not_media", "truncated", "no_video
 _TIME_EPS = 1e-3      # s: slack on frame timestamps (Matroska stores milliseconds)
 _DECODE_CHUNK = 64    # frames decoded and resized at a time
 _TRUNCATION_TOL_S = 0.1  # s: packets may stop this much before the declared duration
+_AUDIO_JUMP_S = 0.01  # s: audio timestamps that jump further are followed (gap or overlap)
+_MAX_BAD_PACKETS = 0.05  # fraction of a stream's packets that may fail to decode (skipped)
+_DECORD_FORMATS = {"mov", "mp4", "matroska", "webm", "avi"}  # demuxers with a frame index
 _INDEX_KEYS = ("id", "source", "start_s", "shard", "row")
 
 
@@ -91,13 +109,24 @@ def _has_container_signature(path: Path) -> bool:
 
 
 def _check_file(path: Path) -> None:
-    """Reject a missing or empty regular file before any decoder sees it."""
+    """Reject a missing, empty or folder path before any decoder sees it."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise MediaRejected(path, "not_found", "no such file") from None
+        raise MediaRejected(path, "not_found", "no such file: it was moved or deleted after "
+                                               "`acquire` listed it; rerun `acquire`") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise MediaRejected(path, "not_media", "a folder, not a media file; rename it or "
+                                               "move it out of the media folder")
     if stat.S_ISREG(st.st_mode) and st.st_size == 0:
-        raise MediaRejected(path, "zero_bytes", "the file is empty")
+        raise MediaRejected(path, "zero_bytes", "the file is empty (0 bytes); copy or "
+                                                "download it again")
+
+
+def _ffmpeg_cause(e: Exception) -> str:
+    """FFmpeg's own words for why a file did not open (without the file's path)."""
+    cause = e.__cause__
+    return (getattr(cause, "strerror", None) or str(e)) if cause is not None else str(e)
 
 
 def _probe(path: Path) -> dict:
@@ -105,9 +134,25 @@ def _probe(path: Path) -> dict:
     try:
         return probe(path)
     except MediaError as e:
+        cause = _ffmpeg_cause(e)
         if _has_container_signature(path):
-            raise MediaRejected(path, "truncated", f"a media container that does not open ({e})")
-        raise MediaRejected(path, "not_media", f"not an audio/video file ({e})") from None
+            raise MediaRejected(path, "truncated", f"it starts like a media container but does "
+                                f"not open (FFmpeg: {cause}): it is cut short or damaged; "
+                                f"download or copy it again") from None
+        raise MediaRejected(path, "not_media", f"not an audio/video file (FFmpeg: {cause}); "
+                                               f"remove it from the media folder") from None
+    except Exception as e:  # PyAV opened it but cannot describe a stream (a damaged header)
+        raise MediaRejected(path, "decode_error", f"its streams cannot be described "
+                            f"({type(e).__name__}: {e}): the header is damaged or names a "
+                            f"codec FFmpeg lacks; re-encode it or download it again") from None
+
+
+def _video_stream(src: Any) -> Any:
+    """The first video stream that is not a still cover picture (attached_pic), or None."""
+    for stream in src.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:
+            return stream
+    return None
 
 
 def _skip_samples(packet: Any) -> int:
@@ -118,29 +163,65 @@ def _skip_samples(packet: Any) -> int:
     return struct.unpack("<I", data[:4])[0] if len(data) >= 4 else 0
 
 
+def _first_rotation(stream: Any, packet: Any) -> int | None:
+    """Display rotation of the first frame ``packet`` completes (None: no frame yet)."""
+    try:
+        frames = stream.codec_context.decode(packet)
+    except av.FFmpegError:
+        return None
+    if not frames:
+        return None
+    # PyAV: counter-clockwise degrees from the display matrix; decord applies the same turn.
+    return (round(frames[0].rotation / 90) % 4) * 90
+
+
 def _scan_packets(path: Path) -> dict:
-    """Demux (no decoding) once: each stream's declared and actual end, and decord's extra
-    leading audio samples (skip_samples on a first audio packet that is not discarded)."""
+    """Demux once: the video stream (cover pictures skipped), each stream's declared and actual
+    end and packet count, the container format, the video's display rotation (its first frame
+    is decoded), and decord's extra leading audio samples (skip_samples on a first audio
+    packet that is not discarded)."""
     try:
         with av.open(str(path)) as src:
-            streams = [st for st in src.streams if st.type in ("video", "audio")]
-            audio = src.streams.audio[0].index if src.streams.audio else None
+            video = _video_stream(src)
+            audio = src.streams.audio[0] if src.streams.audio else None
+            streams = [st for st in (video, audio) if st is not None]
             ends = {st.index: -math.inf for st in streams}
-            skip = None
+            counts = {st.index: 0 for st in streams}
+            skip = rotation = None
+            if video is not None:
+                video.codec_context.thread_count = 1
             for packet in src.demux(streams):
                 if packet.pts is None or not packet.size:
                     continue
                 i = packet.stream.index
+                counts[i] += 1
                 ends[i] = max(ends[i], float((packet.pts + (packet.duration or 0))
                                              * packet.time_base))
-                if i == audio and skip is None:
+                if audio is not None and i == audio.index and skip is None:
                     skip = 0 if packet.is_discard else _skip_samples(packet)
+                if video is not None and i == video.index and rotation is None:
+                    rotation = _first_rotation(video, packet)
+                    if rotation is None and counts[i] >= 64:
+                        rotation = 0
             extents = [_extent(st, ends[st.index]) for st in streams]
+            container_s = src.duration / av.time_base if src.duration else None
             container_end = (None if not src.duration else
                              ((src.start_time or 0) + src.duration) / av.time_base)
+            first_video = src.streams.video[0] if src.streams.video else None
+            video_info = (_video_info(video, container_s)
+                          if video is not None and video is not first_video else None)
+            scan = {"extents": extents, "container_end": container_end,
+                    "audio_skip": skip or 0, "format": src.format.name,
+                    "rotation": rotation or 0, "video_info": video_info,
+                    "cover_art": first_video is not None and video is None,
+                    "video_packets": counts[video.index] if video is not None else 0,
+                    "audio_packets": counts[audio.index] if audio is not None else 0}
     except av.FFmpegError as e:
-        raise MediaRejected(path, "truncated", f"reading its packets failed ({e})") from None
-    return {"extents": extents, "container_end": container_end, "audio_skip": skip or 0}
+        raise MediaRejected(path, "truncated", f"reading its packets failed (FFmpeg: "
+                                               f"{getattr(e, 'strerror', None) or e}): it is "
+                                               f"cut short or damaged; download or copy it "
+                                               f"again") from None
+    return scan
 
 
 def _extent(stream: Any, end: float) -> dict:
@@ -150,6 +231,20 @@ def _extent(stream: Any, end: float) -> dict:
     rate = stream.average_rate if stream.type == "video" else None
     return {"type": stream.type, "declared": declared, "end": end,
             "tol": _TRUNCATION_TOL_S + (1.5 / float(rate) if rate else 0.0)}
+
+
+def _check_streams(path: Path, scan: dict) -> None:
+    """Reject a file whose only picture is a cover, or whose audio or video has no packets."""
+    if scan["cover_art"]:
+        raise MediaRejected(path, "no_video", "the only picture is a still cover picture "
+                                              "(attached_pic), not a video stream; the "
+                                              "pipeline needs video with sound")
+    if scan["video_packets"] == 0:
+        raise MediaRejected(path, "no_video", "the video stream holds no frames (it is "
+                                              "declared but has no packets)")
+    if scan["audio_packets"] == 0:
+        raise MediaRejected(path, "no_audio", "the audio stream holds no samples (it is "
+                                              "declared but has no packets)")
 
 
 def _check_complete(path: Path, scan: dict) -> None:
@@ -166,7 +261,8 @@ def _check_complete(path: Path, scan: dict) -> None:
         short.append(f"data ends at {max(x['end'] for x in extents):.2f} s of "
                      f"{container_end:.2f} s")
     if short:
-        raise MediaRejected(path, "truncated", "; ".join(short))
+        raise MediaRejected(path, "truncated", "; ".join(short) + " declared in its header: "
+                            "the file is cut short; download or copy it again")
 
 
 # --------------------------------------------------------------------------- video
@@ -202,9 +298,10 @@ def square_resize(frames: np.ndarray, size: int) -> np.ndarray:
     return rearrange(x, "n c h w -> n h w c").numpy()
 
 
-def _decord_video(path: Path, vinfo: dict, cfg: ClipConfig, max_seconds: float | None
-                  ) -> tuple[np.ndarray, float]:
-    """Decode with decord at native size; raise ValueError on a wrongly shaped batch."""
+def _decord_video(path: Path, vinfo: dict, rotation: int, cfg: ClipConfig,
+                  max_seconds: float | None) -> tuple[np.ndarray, float]:
+    """Decode with decord at native size (decord applies the display rotation); raise
+    ValueError on a wrongly shaped batch."""
     import decord
     vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
     n = len(vr)
@@ -214,7 +311,8 @@ def _decord_video(path: Path, vinfo: dict, cfg: ClipConfig, max_seconds: float |
     order = np.argsort(ts[:, 0], kind="stable")
     end = max(float(ts[:, 1].max()), _end_time(ts[order, 0]))
     idx = order[_source_frames(ts[order, 0], end, cfg.fps, max_seconds)]
-    expected = (vinfo["height"], vinfo["width"], 3)
+    h, w = vinfo["height"], vinfo["width"]
+    expected = (w, h, 3) if rotation in (90, 270) else (h, w, 3)
     uniq, inverse = np.unique(idx, return_inverse=True)
     chunks = []
     for s in range(0, len(uniq), _DECODE_CHUNK):
@@ -227,22 +325,52 @@ def _decord_video(path: Path, vinfo: dict, cfg: ClipConfig, max_seconds: float |
     return frames[inverse], end
 
 
-def _pyav_video(path: Path, vinfo: dict, cfg: ClipConfig, max_seconds: float | None
-                ) -> tuple[np.ndarray, float]:
-    """Decode every frame with PyAV (times relative to the stream start), then resample."""
+def _decoded(src: Any, stream: Any, counts: dict) -> Any:
+    """The frames of ``stream`` in order. A packet that does not decode is skipped and counted
+    (``counts["bad"]`` of ``counts["packets"]``), as FFmpeg's own tools do."""
+    for packet in src.demux(stream):
+        counts["packets"] += packet.size > 0
+        try:
+            frames = packet.decode()
+        except av.FFmpegError:
+            counts["bad"] += packet.size > 0
+            continue
+        yield from frames
+
+
+class _DamagedStream(ValueError):
+    """Too many packets of a stream do not decode (another decoder would not do better)."""
+
+
+def _check_bad_packets(kind: str, counts: dict) -> None:
+    """Give up on a stream when more than _MAX_BAD_PACKETS of its packets do not decode."""
+    if counts["bad"] > _MAX_BAD_PACKETS * max(counts["packets"], 1):
+        raise _DamagedStream(f"{counts['bad']} of {counts['packets']} {kind} packets do "
+                             f"not decode: the {kind} data is damaged")
+
+
+def _pyav_video(path: Path, vinfo: dict, rotation: int, cfg: ClipConfig,
+                max_seconds: float | None) -> tuple[np.ndarray, float]:
+    """Decode every frame in order with PyAV (times relative to the stream start), turn it
+    upright, then resample."""
     images, starts = [], []
     limit = None if max_seconds is None else max_seconds + 1.0
+    counts = {"packets": 0, "bad": 0}
     with av.open(str(path)) as src:
-        stream = src.streams.video[0]
+        stream = _video_stream(src)
         stream.thread_count = 1
-        for frame in src.decode(stream):
+        for frame in _decoded(src, stream, counts):
             if frame.time is None:
                 continue
             t = float(frame.time) - vinfo["start_time_s"]
             if limit is not None and t > limit:
                 break
             starts.append(t)
-            images.append(square_resize(frame.to_ndarray(format="rgb24")[None], cfg.size)[0])
+            image = frame.to_ndarray(format="rgb24")
+            if rotation:
+                image = np.rot90(image, rotation // 90)
+            images.append(square_resize(image[None], cfg.size)[0])
+    _check_bad_packets("video", counts)
     if not images:
         raise ValueError("PyAV decoded no video frames")
     starts_arr = np.asarray(starts)
@@ -252,24 +380,98 @@ def _pyav_video(path: Path, vinfo: dict, cfg: ClipConfig, max_seconds: float | N
     return np.stack(images)[idx], end
 
 
-def _read_video(path: Path, pinfo: dict, cfg: ClipConfig, max_seconds: float | None
-                ) -> tuple[np.ndarray, float, str]:
+def _decord_message(e: Exception) -> str:
+    """decord's error without its log prefixes ("[12:34:56] /src/....cc:123: "): the reject
+    details must not change from run to run."""
+    return re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", str(e)).strip()
+
+
+def _decord_seeks_reliably(container_format: str) -> bool:
+    """decord seeks by timestamp through the container's frame index; formats without one
+    (MPEG-TS/PS, FLV, Ogg, ...) come back with frames from the wrong time."""
+    return bool(set(container_format.split(",")) & _DECORD_FORMATS)
+
+
+def _read_video(path: Path, pinfo: dict, scan: dict, cfg: ClipConfig,
+                max_seconds: float | None) -> tuple[np.ndarray, float, str]:
     """Frames [F, size, size, 3] at cfg.fps, video duration, and the decoder that worked."""
-    vinfo = pinfo["video"]
-    try:
-        frames, end = _decord_video(path, vinfo, cfg, max_seconds)
-        return frames, end, "decord"
-    except Exception as first:  # decord raises its own error types; PyAV decides below
+    vinfo, rotation = pinfo["video"], scan["rotation"]
+    if _decord_seeks_reliably(scan["format"]):
         try:
-            frames, end = _pyav_video(path, vinfo, cfg, max_seconds)
-        except Exception as second:
-            raise MediaRejected(path, "decode_error", f"video does not decode (decord: {first}; "
-                                                      f"PyAV: {second})") from None
-        log.debug("%s: decord failed (%s); decoded with PyAV", path, first)
-        return frames, end, "pyav"
+            frames, end = _decord_video(path, vinfo, rotation, cfg, max_seconds)
+            return frames, end, "decord"
+        except Exception as e:  # decord raises its own error types; PyAV decides below
+            first = f"decord: {_decord_message(e)}"
+    else:
+        first = f"decord not used for the {scan['format']} format, which has no frame index"
+    try:
+        frames, end = _pyav_video(path, vinfo, rotation, cfg, max_seconds)
+    except Exception as second:
+        raise MediaRejected(path, "decode_error", f"video does not decode ({first}; "
+                                                  f"PyAV: {second})") from None
+    log.debug("%s: %s; decoded with PyAV", path, first)
+    return frames, end, "pyav"
 
 
 # --------------------------------------------------------------------------- audio
+def _pyav_audio(path: Path, sample_rate: int, until_s: float | None
+                ) -> tuple[np.ndarray, float, dict]:
+    """Mono float32 audio at ``sample_rate``, streamed through PyAV so that memory follows
+    the output, and the time of its first sample. Where the frames' timestamps jump (gaps,
+    overlaps, a packet that does not decode) silence is inserted or audio dropped so that each
+    frame plays at its own time. Frames after ``until_s`` (file time) are skipped, and decoding
+    stops once 50 in a row lie there."""
+    to_mono = av.AudioResampler(format="fltp", layout="mono")
+    to_rate = av.AudioResampler(format="fltp", layout="mono", rate=sample_rate)
+    chunks: list[np.ndarray] = []
+    first, native, placed, retimed, beyond = None, None, 0, 0, 0
+    counts = {"packets": 0, "bad": 0}
+
+    def emit(x: np.ndarray) -> None:
+        frame = av.AudioFrame.from_ndarray(x[None], format="fltp", layout="mono")
+        frame.sample_rate = native
+        chunks.extend(f.to_ndarray()[0] for f in to_rate.resample(frame))
+
+    with av.open(str(path)) as src:
+        stream = src.streams.audio[0]
+        stream.thread_count = 1
+        for frame in _decoded(src, stream, counts):
+            if native is None:
+                native = frame.sample_rate
+            elif frame.sample_rate != native:
+                raise ValueError(f"the sample rate changes from {native} to "
+                                 f"{frame.sample_rate} Hz inside the stream")
+            x = np.concatenate([f.to_ndarray()[0] for f in to_mono.resample(frame)] or
+                               [np.zeros(0, np.float32)])
+            if frame.time is not None:
+                if first is None:
+                    first = float(frame.time)
+                elif until_s is not None and frame.time > until_s:
+                    beyond += 1   # one damaged timestamp, or really the end: 50 in a row
+                    if beyond >= 50:
+                        break
+                    continue
+                beyond = 0
+                shift = round((float(frame.time) - first) * native) - placed
+                if abs(shift) > _AUDIO_JUMP_S * native:
+                    retimed += abs(shift)
+                    if shift > 0:
+                        emit(np.zeros(shift, np.float32))
+                        placed += shift
+                    else:
+                        x = x[-shift:]
+            if len(x):
+                emit(np.ascontiguousarray(x, np.float32))
+                placed += len(x)
+        if native is not None:
+            chunks.extend(f.to_ndarray()[0] for f in to_rate.resample(None))
+    _check_bad_packets("audio", counts)
+    if not chunks:
+        raise ValueError("PyAV decoded no audio")
+    return np.concatenate(chunks).astype(np.float32, copy=False), first or 0.0, {
+        "audio_retimed_s": round(retimed / native, 6), "audio_bad_packets": counts["bad"]}
+
+
 def _decord_audio(path: Path, skip: int) -> np.ndarray:
     """Mono float32 audio at the native rate, less the ``skip`` leading samples decord kept."""
     import decord
@@ -283,21 +485,6 @@ def _decord_audio(path: Path, skip: int) -> np.ndarray:
     return x.mean(axis=0)[skip:]
 
 
-def _pyav_audio(path: Path, sample_rate: int) -> tuple[np.ndarray, float]:
-    """Mono float32 audio decoded by PyAV, and the time of its first sample."""
-    resampler = av.AudioResampler(format="fltp", layout="mono", rate=sample_rate)
-    chunks, first = [], None
-    with av.open(str(path)) as src:
-        for frame in src.decode(audio=0):
-            if first is None and frame.time is not None:
-                first = float(frame.time)
-            chunks.extend(f.to_ndarray()[0] for f in resampler.resample(frame))
-        chunks.extend(f.to_ndarray()[0] for f in resampler.resample(None))
-    if not chunks:
-        raise ValueError("PyAV decoded no audio")
-    return np.concatenate(chunks).astype(np.float32), first or 0.0
-
-
 def _shift(audio: torch.Tensor, offset_s: float, sample_rate: int) -> torch.Tensor:
     """Place audio that starts offset_s after video time 0: pad (offset > 0) or trim (< 0)."""
     n = round(offset_s * sample_rate)
@@ -306,29 +493,46 @@ def _shift(audio: torch.Tensor, offset_s: float, sample_rate: int) -> torch.Tens
     return audio[-n:]
 
 
-def _read_audio(path: Path, pinfo: dict, skip: int, cfg: ClipConfig
-                ) -> tuple[np.ndarray, dict]:
+def _read_audio(path: Path, pinfo: dict, skip: int, cfg: ClipConfig,
+                max_seconds: float | None) -> tuple[np.ndarray, dict]:
     """Mono float32 audio at cfg.sample_rate aligned to video time 0, and what was done."""
     ainfo, vstart = pinfo["audio"], pinfo["video"]["start_time_s"]
-    native = int(ainfo["sample_rate"])
+    until = None if max_seconds is None else vstart + max_seconds + 1.0
+    repairs = {"audio_retimed_s": 0.0, "audio_bad_packets": 0}
     try:
-        x, astart, decoder = _decord_audio(path, skip), ainfo["start_time_s"], "decord"
+        x, astart, repairs = _pyav_audio(path, cfg.sample_rate, until)
+        wave, decoder = torch.from_numpy(x), "pyav"
+    except _DamagedStream as e:  # decord would stop at the first bad packet: no fallback
+        raise MediaRejected(path, "decode_error", f"{e}; re-encode it or download it "
+                                                  f"again") from None
     except Exception as first:
         try:
-            x, astart = _pyav_audio(path, native)
-            decoder = "pyav"
+            x, astart, decoder = _decord_audio(path, skip), ainfo["start_time_s"], "decord"
         except Exception as second:
-            raise MediaRejected(path, "decode_error", f"audio does not decode (decord: {first}; "
-                                                      f"PyAV: {second})") from None
-    if not np.isfinite(x).all():
+            raise MediaRejected(path, "decode_error", f"audio does not decode (PyAV: {first}; "
+                                                      f"decord: {_decord_message(second)})"
+                                ) from None
+        log.debug("%s: PyAV failed on the audio (%s); decoded with decord", path, first)
+        wave = torch.from_numpy(np.ascontiguousarray(x))
+        native = int(ainfo["sample_rate"])
+        if native != cfg.sample_rate:
+            wave = torchaudio.functional.resample(wave, native, cfg.sample_rate)
+    if not torch.isfinite(wave).all():
         raise MediaRejected(path, "decode_error", "decoded audio holds NaN or infinite values")
-    wave = torch.from_numpy(np.ascontiguousarray(x))
-    if native != cfg.sample_rate:
-        wave = torchaudio.functional.resample(wave, native, cfg.sample_rate)
     wave = _shift(wave, astart - vstart, cfg.sample_rate)
     return wave.numpy().astype(np.float32, copy=False), {
         "audio_decoder": decoder, "audio_offset_s": astart - vstart,
-        "audio_skipped_samples": skip if decoder == "decord" else 0}
+        "audio_skipped_samples": skip, **repairs}
+
+
+def _horizon(scan: dict, video_start: float) -> float | None:
+    """Video time past which nothing is read: 1 s after the video ends by its packets, or by
+    its header when that is earlier, so that a timestamp far ahead (a damaged packet) cannot
+    make hours of held frames or inserted silence."""
+    video = next(x for x in scan["extents"] if x["type"] == "video")
+    ends = [e for e in (video["end"], video["declared"], scan["container_end"])
+            if e is not None and math.isfinite(e)]
+    return min(ends) - video_start + 1.0 if ends else None
 
 
 # --------------------------------------------------------------------------- public API
@@ -337,23 +541,33 @@ def read_media(path: str | Path, cfg: ClipConfig, *, max_seconds: float | None =
     """Frames uint8 [F, size, size, 3] at cfg.fps, mono audio float32 [L] at cfg.sample_rate.
 
     Both start at video time 0 (see the module notes on sync). ``max_seconds`` stops reading
-    after that much video. Raises MediaRejected with a named reason for an unusable file.
+    after that much video (and nothing is read past ``_horizon`` in any case). Raises
+    MediaRejected with a named reason for an unusable file.
     """
     path = Path(path)
     _check_file(path)
     pinfo = _probe(path)
     if not pinfo["has_video"]:
-        raise MediaRejected(path, "no_video", "the file has no video stream")
+        raise MediaRejected(path, "no_video", "the file has no video stream (audio only); the "
+                                              "pipeline needs video with sound")
     if not pinfo["has_audio"]:
-        raise MediaRejected(path, "no_audio", "the file has no audio stream")
+        raise MediaRejected(path, "no_audio", "the file has no audio stream (a silent video); "
+                                              "the pipeline needs video with sound")
     scan = _scan_packets(path)
+    _check_streams(path, scan)
+    if scan["video_info"] is not None:  # a cover picture came first: describe the video
+        pinfo = {**pinfo, "video": scan["video_info"]}
     _check_complete(path, scan)
-    frames, video_s, video_decoder = _read_video(path, pinfo, cfg, max_seconds)
-    audio, audio_info = _read_audio(path, pinfo, scan["audio_skip"], cfg)
+    horizon = _horizon(scan, pinfo["video"]["start_time_s"])
+    if max_seconds is None or (horizon is not None and horizon < max_seconds):
+        max_seconds = horizon
+    frames, video_s, video_decoder = _read_video(path, pinfo, scan, cfg, max_seconds)
+    audio, audio_info = _read_audio(path, pinfo, scan["audio_skip"], cfg, max_seconds)
     if max_seconds is not None:
         audio = audio[:math.ceil(max_seconds * cfg.sample_rate)]
     v, a = pinfo["video"], pinfo["audio"]
     info = {"source_fps": v["fps"], "width": v["width"], "height": v["height"],
+            "rotation": scan["rotation"], "container": scan["format"],
             "video_codec": v["codec"], "video_start_s": v["start_time_s"],
             "video_duration_s": video_s, "video_decoder": video_decoder,
             "source_sample_rate": a["sample_rate"], "channels": a["channels"],
@@ -400,7 +614,7 @@ def _process_file(path: str, cfg: ClipConfig) -> dict:
         if not windows:
             raise MediaRejected(path, "too_short", f"{len(frames) / cfg.fps:.2f} s of video and "
                                 f"{len(audio) / cfg.sample_rate:.2f} s of audio; a clip needs "
-                                f"{cfg.seconds} s of both")
+                                f"{cfg.seconds} s of both (data.clip.seconds)")
         return {"ok": True, "windows": windows, "info": info}
     except MediaRejected as e:
         reason, detail = e.reason, e.detail
@@ -522,9 +736,11 @@ def _worker_lost(w: _Worker, cfg: ClipConfig) -> dict:
     """The reject record for the file a worker was on when it hung or died."""
     if w.proc.is_alive() and time.monotonic() >= w.deadline:
         return {"ok": False, "reason": "timeout",
-                "detail": f"took longer than file_timeout_s = {cfg.file_timeout_s} s"}
+                "detail": f"took longer than file_timeout_s = {cfg.file_timeout_s} s (hung or "
+                          f"slow to decode); raise data.clip.file_timeout_s if it is just long"}
     return {"ok": False, "reason": "decode_error",
-            "detail": f"the decoding process died (exit code {w.proc.exitcode})"}
+            "detail": f"the decoding process died (exit code {w.proc.exitcode}): the decoder "
+                      f"crashed or ran out of memory on this file; re-encode it"}
 
 
 # --------------------------------------------------------------------------- labels & writing
