@@ -7,6 +7,7 @@ with a message that names the dotted key and what is allowed, before any work st
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -101,19 +102,54 @@ class DataConfig:
                                   f"{key}.source is 'folder'")
 
 
+TORCH_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _check_device(device: str, key: str) -> None:
+    if device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
+        raise ConfigError(f"{key}.device must be auto, cpu, cuda, cuda:N or mps; got {device!r}")
+
+
+def _check_pretrained_encoder(cfg: Any, key: str, default_kind: str) -> None:
+    """A pretrained encoder kind needs its weights named; the device must be one torch knows."""
+    if cfg.kind != default_kind and not cfg.model:
+        raise ConfigError(f"{key}.model must name the {cfg.kind} weights (a Hugging Face model id "
+                          f"or a local folder) when {key}.kind is '{cfg.kind}'")
+    _check_device(cfg.device, key)
+
+
 @dataclass(frozen=True)
 class AudioEncoderConfig:
-    kind: str = _opt("logmel", choices=("logmel",), doc="frozen audio encoder")
+    kind: str = _opt("logmel", choices=("logmel", "audioldm"),
+                     doc="frozen audio encoder: logmel (embedded default) | audioldm (AudioLDM's "
+                         "mel front end + VAE, its HiFi-GAN vocoder to decode; pretrained mode)")
     n_mels: int = _opt(32, lo=4, hi=512)
     n_fft: int = _opt(256, lo=16, hi=8192)
     frames: int = _opt(32, lo=4, hi=4096, doc="mel frames per clip (time axis T)")
     top_db: float = _opt(45.0, lo=10.0, hi=160.0, doc="dynamic range kept below the peak")
     griffin_lim_iters: int = _opt(32, lo=1, hi=1000, doc="iterations to invert mel to sound")
+    # pretrained kinds only (logmel ignores them)
+    model: str | None = _opt(None, doc="audioldm: weights, a model id or a local folder holding "
+                                       "vae/ and vocoder/")
+    device: str = _opt("auto", doc="pretrained kinds: auto (cuda when present) | cpu | cuda[:N]")
+    dtype: str = _opt("float32", choices=TORCH_DTYPES, doc="pretrained kinds: weights' dtype")
+
+    def validate(self, key: str) -> None:
+        _check_pretrained_encoder(self, key, "logmel")
 
 
 @dataclass(frozen=True)
 class VideoEncoderConfig:
-    kind: str = _opt("pixels", choices=("pixels",), doc="frozen video encoder")
+    kind: str = _opt("pixels", choices=("pixels", "sd_vae"),
+                     doc="frozen video encoder: pixels (embedded default) | sd_vae (Stable "
+                         "Diffusion's AutoencoderKL per frame; pretrained mode)")
+    model: str | None = _opt(None, doc="sd_vae: weights, a model id or a local folder (with a "
+                                       "vae/ subfolder, or a VAE alone)")
+    device: str = _opt("auto", doc="pretrained kinds: auto (cuda when present) | cpu | cuda[:N]")
+    dtype: str = _opt("float32", choices=TORCH_DTYPES, doc="pretrained kinds: weights' dtype")
+
+    def validate(self, key: str) -> None:
+        _check_pretrained_encoder(self, key, "pixels")
 
 
 @dataclass(frozen=True)
@@ -184,10 +220,45 @@ class TinyBaseConfig:
                               f"every level with attention ({widths})")
 
 
+BASE_KINDS = {"audio": ("tiny", "audioldm"), "video": ("tiny", "animatediff")}
+
+
+@dataclass(frozen=True)
+class PretrainedBaseConfig:
+    """A frozen pretrained base (``mmdisco.bases.pretrained``), used when ``kind`` is not tiny."""
+
+    model: str | None = _opt(None, doc="weights: a model id or a local folder in diffusers' layout "
+                                       "(unet/, scheduler/, text_encoder/, tokenizer/)")
+    motion_adapter: str | None = _opt(None, doc="animatediff: the MotionAdapter (model id or "
+                                                "folder); null when model's unet already has one")
+    guidance_scale: float = _opt(1.0, lo=0.0, doc="the base's classifier-free guidance weight w: "
+                                                  "ε = ε_u + w (ε_c − ε_u); 1 = prompt only")
+    device: str = _opt("auto", doc="auto (cuda when present) | cpu | cuda[:N]")
+    dtype: str = _opt("auto", choices=("auto",) + TORCH_DTYPES,
+                      doc="auto: float16 on a GPU, float32 on the CPU")
+    timestep_spacing: str = _opt("trailing", choices=("trailing", "leading", "linspace"),
+                                 doc="sampler timesteps; both bases must give the same sequence")
+    beta_schedule: str | None = _opt(None, choices=(None, "linear", "scaled_linear",
+                                                    "squaredcos_cap_v2"),
+                                     doc="override the model's noise schedule (null = its own)")
+    offload: str = _opt("none", choices=("none", "model", "sequential"),
+                        doc="GPU memory: model = text encoder on the GPU only while encoding "
+                            "prompts; sequential = stream the UNet's weights from the CPU (slow)")
+    forward_chunking: bool = _opt(False, doc="animatediff: chunked feed-forward (less memory)")
+    cfg_batch: bool = _opt(True, doc="one UNet pass on [uncond; cond] (false: two passes, "
+                                     "half the activation memory)")
+
+    def validate(self, key: str) -> None:
+        _check_device(self.device, key)
+
+
 @dataclass(frozen=True)
 class TrainBaseConfig:
     """One base model's architecture and training schedule."""
 
+    kind: str = _opt("tiny", choices=("tiny", "audioldm", "animatediff"),
+                     doc="tiny: the embedded default's model (trained here); audioldm (audio) | "
+                         "animatediff (video): frozen pretrained weights (base.<m>.pretrained)")
     model: TinyBaseConfig = _opt(TinyBaseConfig())
     steps: int = _opt(1500, lo=1, doc="optimiser steps")
     batch_size: int = _opt(64, lo=1)
@@ -202,8 +273,12 @@ class TrainBaseConfig:
     hflip: bool = _opt(False, doc="mirror video latents left-right at random (video only)")
     checkpoint_every: int = _opt(500, lo=1, doc="steps between resumable checkpoints")
     log_every: int = _opt(50, lo=1, doc="steps between loss logs")
+    pretrained: PretrainedBaseConfig = _opt(PretrainedBaseConfig())
 
     def validate(self, key: str) -> None:
+        if self.kind != "tiny" and not self.pretrained.model:
+            raise ConfigError(f"{key}.pretrained.model must name the {self.kind} weights (a model "
+                              f"id or a local folder) when {key}.kind is '{self.kind}'")
         if self.warmup_steps >= self.steps:
             raise ConfigError(f"{key}.warmup_steps ({self.warmup_steps}) must be < {key}.steps "
                               f"({self.steps})")
@@ -225,6 +300,13 @@ class BaseConfig:
         model=TinyBaseConfig(channels=(32, 64, 64), patch=4, frame_layout="tiles",
                              prediction_type="edm", sigma_data=0.1),
         steps=1000))
+
+    def validate(self, key: str) -> None:
+        for modality, kinds in BASE_KINDS.items():
+            kind = getattr(self, modality).kind
+            if kind not in kinds:
+                raise ConfigError(f"{key}.{modality}.kind '{kind}' is not a {modality} base; "
+                                  f"choose one of {', '.join(kinds)}")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,17 @@ from pathlib import Path
 from mmdisco.bases.protocol import BaseModel, check_pair
 from mmdisco.bases.tiny import TinyBase, TinyBaseConfig, read_meta
 
-LOADERS = {"tiny": TinyBase.load}
+
+def _pretrained(kind: str):
+    """Loader of a pretrained kind, imported on first use (it pulls in transformers)."""
+    def load(path, meta):
+        from mmdisco.bases.pretrained import KINDS
+        return KINDS[kind].load(path, meta)
+    return load
+
+
+LOADERS = {"tiny": TinyBase.load, "audioldm": _pretrained("audioldm"),
+           "animatediff": _pretrained("animatediff")}
 
 
 def load_base(path: str | Path) -> BaseModel:

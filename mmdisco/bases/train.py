@@ -88,8 +88,16 @@ def _check_latents(latents: torch.Tensor, cfg: TrainBaseConfig) -> None:
 # --------------------------------------------------------------------------- loop
 def train_base(latents: torch.Tensor, cfg: TrainBaseConfig, out_dir: Path, *, seed: int,
                log: Callable[[int, dict], None] | None = None) -> dict:
-    """Train a ``TinyBase`` on ``latents``; save its EMA weights to ``out_dir``; return a summary."""
+    """Train a ``TinyBase`` on ``latents``; save its EMA weights to ``out_dir``; return a summary.
+
+    A pretrained kind (``base.<m>.kind: audioldm | animatediff``) is not trained: its weights
+    are checked against the latents and referenced from ``out_dir/base.json``.
+    """
     out_dir = Path(out_dir)
+    if getattr(cfg, "kind", "tiny") != "tiny":
+        from mmdisco.bases.pretrained import prepare_pretrained_base
+
+        return prepare_pretrained_base(latents, cfg, out_dir)
     check_config(cfg, "base")
     latents = latents.detach().float().cpu().contiguous()
     _check_latents(latents, cfg)

@@ -17,6 +17,7 @@ import torch
 from mmdisco.config import AudioEncoderConfig, VideoEncoderConfig
 from mmdisco.encoders.mel import LogMelEncoder
 from mmdisco.encoders.pixels import PixelEncoder
+from mmdisco.encoders.pretrained import AudioLDMEncoder, SDVAEEncoder
 
 
 class Encoder(Protocol):
@@ -28,8 +29,8 @@ class Encoder(Protocol):
     def state(self) -> dict[str, Any]: ...
 
 
-AUDIO_ENCODERS = {"logmel": LogMelEncoder}
-VIDEO_ENCODERS = {"pixels": PixelEncoder}
+AUDIO_ENCODERS = {"logmel": LogMelEncoder, "audioldm": AudioLDMEncoder}   # audioldm: pretrained mode
+VIDEO_ENCODERS = {"pixels": PixelEncoder, "sd_vae": SDVAEEncoder}         # sd_vae: pretrained mode
 
 
 def make_audio_encoder(cfg: AudioEncoderConfig, *, sample_rate: int, num_samples: int) -> Encoder:
@@ -55,5 +56,5 @@ def encoder_from_state(state: dict[str, Any]) -> Encoder:
     return table[kind].from_state(state)
 
 
-__all__ = ["Encoder", "LogMelEncoder", "PixelEncoder", "make_audio_encoder",
+__all__ = ["Encoder", "LogMelEncoder", "PixelEncoder", "AudioLDMEncoder", "SDVAEEncoder", "make_audio_encoder",
            "make_video_encoder", "encoder_from_state"]
