@@ -230,7 +230,7 @@ class TinyBase(torch.nn.Module):
 
     def x0_weight(self, t: torch.Tensor) -> torch.Tensor:
         """Weight that the plain MSE on this network's target puts on x_0 errors, per sample [N]."""
-        ab = self._alpha_bar[t.long()]
+        ab = self._alpha_bar[t.long().cpu()].to(t.device)
         snr = ab / (1.0 - ab)
         kind = self.cfg.prediction_type
         if kind == "epsilon":
