@@ -7,6 +7,7 @@ with a message that names the dotted key and what is allowed, before any work st
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
 import typing
@@ -508,11 +509,15 @@ def build(cls: type, raw: dict, prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a mapping, validating every key against its field."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
+    unknown = sorted(set(raw) - set(fields), key=str)
     if unknown:
         where = prefix or "params"
-        raise ConfigError(f"unknown key {', '.join(f'{prefix}.{k}' if prefix else k for k in unknown)}"
-                          f" in {where}; allowed: {', '.join(sorted(fields))}")
+        keys = ", ".join(f"{prefix}.{k}" if prefix else str(k) for k in unknown)
+        typos = [f"{k!r} -> {close[0]!r}" for k in unknown
+                 if (close := difflib.get_close_matches(str(k), list(fields), n=1))]
+        raise ConfigError(f"unknown key {keys} in {where}"
+                          + (f" (a typo? {', '.join(typos)})" if typos else "")
+                          + f"; remove it or use one of: {', '.join(sorted(fields))}")
     kwargs = {}
     for name, f in fields.items():
         key = f"{prefix}.{name}" if prefix else name

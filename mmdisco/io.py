@@ -7,9 +7,13 @@ Tensors are stored as safetensors (no pickle).
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
+import re
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,30 +22,155 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
+_KILL_ENV = "MMDISCO_TEST_KILL_AT"   # fault injection for the interruption tests, see _fault
+_commits: dict[str, int] = {}         # atomic writes committed by this process, by name
+_renameat2: Any = None                # libc renameat2, False where missing (see _exchange)
+
+
+def _tmp_pattern(name: str) -> re.Pattern:
+    """Temp siblings of ``name`` made by ``atomic_path``: ``.<name>.<pid>.<random>.tmp``."""
+    return re.compile(rf"\.{re.escape(name)}\.(\d+)\.[A-Za-z0-9_]+\.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # alive, owned by someone else
+        return True
+    return True
+
+
+def clean_stale(dest: str | Path) -> list[Path]:
+    """Remove what an interrupted write of ``dest`` left beside it: temp folders of processes
+    that are gone (killed before they could clean up) and ``.<name>.old`` of the older
+    two-rename replacement. Temp folders of live processes are left alone. Returns the paths
+    removed."""
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        return []
+    pattern, removed = _tmp_pattern(dest.name), []
+    for entry in os.scandir(dest.parent):
+        m = pattern.fullmatch(entry.name)
+        stale = (m is not None and not _pid_alive(int(m.group(1)))) or \
+            entry.name == f".{dest.name}.old"
+        if stale:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                os.remove(entry.path)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where the
+    platform or the filesystem cannot."""
+    global _renameat2
+    if _renameat2 is None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = libc.renameat2
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                           ctypes.c_uint]
+            _renameat2 = fn
+        except (AttributeError, OSError, TypeError):   # not glibc (macOS, Windows)
+            _renameat2 = False
+    if not _renameat2:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if _renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _fault(name: str, phase: str) -> None:
+    """Test hook: ``MMDISCO_TEST_KILL_AT=NAME:PHASE[:K]`` SIGKILLs this process just before
+    (PHASE ``before``) or just after (``after``) the rename that commits its K-th atomic write
+    (default 1st) of a file or folder named NAME, so the interruption tests can land a
+    ``kill -9`` on an exact point of a stage's write sequence. Unset in normal use."""
+    spec = os.environ.get(_KILL_ENV)
+    if not spec:
+        return
+    want, when, *k = spec.split(":") + [""]
+    if want == name and when == phase and _commits[name] == int(k[0] or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; rename it onto ``dest`` only on success.
 
     Works for files and folders (the caller creates whichever it needs at the yielded path).
+    The temporary path lives in ``.<name>.<pid>.<random>.tmp/`` beside ``dest``; what a killed
+    process left there is removed by the next write of ``dest`` (``clean_stale``). A folder
+    replaces an existing one in one atomic exchange where the OS allows it (Linux), so
+    ``dest`` is at every moment either the old complete output or the new one.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    clean_stale(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp",
+                                dir=dest.parent))
     target = tmp / dest.name
     try:
         yield target
         if not target.exists():
             raise FileNotFoundError(f"nothing was written to {target} for {dest}")
+        _commits[dest.name] = _commits.get(dest.name, 0) + 1
+        _fault(dest.name, "before")
         if dest.is_dir() and not dest.is_symlink():
-            old = dest.with_name(f".{dest.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(dest, old)
-            os.replace(target, dest)
-            shutil.rmtree(old, ignore_errors=True)
+            if not _exchange(target, dest):   # two renames: dest briefly missing
+                old = dest.with_name(f".{dest.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(dest, old)
+                os.replace(target, dest)
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(target, dest)
+        _fault(dest.name, "after")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_tree(path: str | Path) -> None:
+    """Delete a folder so that it is never seen half-deleted: it is first renamed into a temp
+    folder (one atomic step), then removed; a kill during the removal leaves only a temp
+    folder, which the next write beside it cleans up."""
+    path = Path(path)
+    if not path.exists():
+        return
+    clean_stale(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
+                                dir=path.parent))
+    try:
+        os.replace(path, tmp / path.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def child_path(folder: str | Path, name: Any, source: str | Path) -> Path:
+    """``folder / name`` for a ``name`` read from a file (a manifest, an index), refused unless
+    it is a relative path that stays inside ``folder`` (no ``..``, not absolute): a tampered
+    or hand-edited ``source`` must not make a stage read or write elsewhere. Checked on the
+    text of the name, so symbolic links inside ``folder`` keep working."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise ValueError(f"{source}: {name!r} is not a file name; the file is damaged: "
+                         f"rerun the stage that writes it")
+    rel = Path(name)
+    if not rel.parts:
+        raise ValueError(f"{source}: {name!r} is not a file name; the file is damaged: "
+                         f"rerun the stage that writes it")
+    if rel.is_absolute() or rel.anchor or ".." in rel.parts:
+        raise ValueError(f"{source}: {name!r} leaves {folder} (an absolute path or '..'); "
+                         f"entries must be paths inside that folder: rerun the stage that "
+                         f"writes {Path(source).name} instead of editing it")
+    return Path(folder) / rel
 
 
 def write_json(path: str | Path, obj: Any) -> None:

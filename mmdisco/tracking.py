@@ -4,6 +4,13 @@ Store: ``MLFLOW_TRACKING_URI`` when set (a team server), else ``sqlite:///<root>
 where ``<root>`` is ``DVC_ROOT`` (set by DVC for every stage, including ``dvc exp run --temp``
 and queued runs, which execute in a temporary copy) or the current folder. Each run is tagged
 with the stage, the DVC experiment and the git commit, and carries the stage's resolved params.
+
+Several processes may log into one SQLite store at once (``dvc queue start -j 2``): MLflow
+waits up to 20 s for the database lock (its ``busy_timeout``), and the one step SQLite cannot
+share, creating a new store (its schema migrations), is serialised here by a lock on the
+store's folder, so two stages starting on a fresh ``mlflow.db`` do not both try to create its
+tables. If the store still stays locked, the stage fails with a message naming the way out
+(a tracking server via ``MLFLOW_TRACKING_URI``, or one experiment at a time).
 """
 from __future__ import annotations
 
@@ -17,6 +24,11 @@ from typing import Any, Iterator
 from mmdisco.config import flatten
 
 EXPERIMENT = "mmdisco"
+SQLITE_LOCKED = ("database is locked", "database table is locked")
+
+
+class TrackingStoreBusy(RuntimeError):
+    """The SQLite MLflow store stayed locked by other writers longer than MLflow waits."""
 
 
 def repo_root() -> Path:
@@ -54,18 +66,70 @@ def _quiet_mlflow() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI, else ``None``."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):].split("?", 1)[0])
+
+
+@contextlib.contextmanager
+def _store_init_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock while this process first opens a SQLite store (MLflow creates
+    and migrates the schema then, which two processes must not do at once). The lock is a
+    ``flock`` on the database's folder, so no lock file is left anywhere (SQLite's own locks
+    are ``fcntl`` locks on the database file: independent of this one)."""
+    db = sqlite_path(uri)
+    try:
+        import fcntl
+    except ImportError:   # not POSIX: no lock (the project targets Linux)
+        fcntl = None
+    if db is None or fcntl is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(db.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)   # releases the lock
+
+
+def _busy_message(uri: str, e: Exception) -> str:
+    return (f"the MLflow store {uri} stayed locked by another process ({e}); SQLite takes one "
+            f"writer at a time. To run several experiments at once, set MLFLOW_TRACKING_URI "
+            f"to an MLflow tracking server (README, 'Using it'), or run them one at a time "
+            f"(`dvc queue start -j 1`); then rerun (`dvc repro` or `dvc exp run`)")
+
+
+def _is_locked(e: BaseException) -> bool:
+    return any(m in str(e) for m in SQLITE_LOCKED)
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, params: dict[str, Any] | None = None) -> Iterator[Any]:
-    """Open one MLflow run for a stage; yields the active run (``mlflow.active_run()``)."""
+    """Open one MLflow run for a stage; yields the active run (``mlflow.active_run()``).
+
+    A SQLite store that stays locked (too many writers at once) raises ``TrackingStoreBusy``
+    with the fix in its message instead of MLflow's bare "database is locked".
+    """
     import mlflow
 
     _quiet_mlflow()
-    mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT))
-    with mlflow.start_run(run_name=stage, tags=run_tags(stage)) as run:
-        if params:
-            log_params(params)
-        yield run
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with _store_init_lock(uri):
+            mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT))
+        with mlflow.start_run(run_name=stage, tags=run_tags(stage)) as run:
+            if params:
+                log_params(params)
+            yield run
+    except Exception as e:
+        if sqlite_path(uri) is not None and _is_locked(e):
+            raise TrackingStoreBusy(_busy_message(uri, e)) from e
+        raise
 
 
 def log_params(params: dict[str, Any]) -> None:

@@ -1,25 +1,47 @@
 """Stage `sample`: guided joint samples and their paired independent baseline.
 
-Both sets start from the same initial noise (one generator per modality, from the same seed),
-so each guided pair has a baseline twin that differs only by the guidance. Writes latents,
-mp4 files with sound, a contact sheet per set and the cost of base vs guidance passes.
+Both sets draw the same noise (per-item seeds: pair ``i`` has its own generators, the same in
+both sets), so each guided pair has a baseline twin that differs only by the guidance. Writes
+latents, mp4 files with sound, a contact sheet per set and the cost of base vs guidance passes.
+Launched with several processes (`docs/scaling.md`) each samples its share of the batches; the
+main process gathers them in item order and writes the same files as one process would.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
 import torch
 
+from mmdisco import distributed as dist
 from mmdisco import tracking
 from mmdisco.bases import load_base
 from mmdisco.config import to_dict
 from mmdisco.encoders import encoder_from_state
 from mmdisco.eval.sheets import contact_sheet, save_png, write_pairs
-from mmdisco.guidance.sampler import modality_generators, sample_joint
+from mmdisco.guidance.sampler import item_seeds, sample_joint
 from mmdisco.guidance.store import load_discriminator
 from mmdisco.io import atomic_path, read_json, save_tensors, write_json
 from stages.common import load, params_option, stage_seed, user_errors
+
+
+def sharded_joint(base_a, base_v, D, *, num_samples: int, batch_size: int, seed: int,
+                  **kw) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """``sample_joint`` with per-item seeds over this process's share of the batches; every
+    process gets all samples in item order. Timing: the batches' seconds and passes summed
+    over processes, ``total_s`` the wall-clock time of the whole call."""
+    seeds, start = item_seeds(seed, num_samples), time.perf_counter()
+
+    def batch(lo: int, hi: int):
+        a, v, timing = sample_joint(base_a, base_v, D, num_samples=hi - lo, item_seeds=seeds[lo:hi],
+                                    device=dist.device(), **kw)
+        return (a.cpu(), v.cpu()), timing
+
+    (a, v), timings = dist.map_batches(batch, num_samples, batch_size)
+    timing = {k: sum(t[k] for t in timings) for k in timings[0]}
+    timing["total_s"] = time.perf_counter() - start
+    return a, v, timing
 
 
 def per_pass_cost(timing: dict) -> dict:
@@ -55,15 +77,16 @@ def main(params_path: Path, latents_dir: Path, audio_base: Path, video_base: Pat
     """Sample guided pairs and the paired baseline from the same noise (guidance.*, sample.*)."""
     params = load(params_path)
     cfg, g = params.sample, params.guidance
-    base_a, base_v = load_base(audio_base), load_base(video_base)
-    D = load_discriminator(discriminator)
+    device = dist.device()
+    base_a, base_v = (dist.to_device(load_base(b), device) for b in (audio_base, video_base))
+    D = dist.to_device(load_discriminator(discriminator), device)
     c_a, c_v = g.critic_scales
-    C = load_discriminator(critic) if (c_a or c_v) else None
+    C = dist.to_device(load_discriminator(critic), device) if (c_a or c_v) else None
     enc = read_json(latents_dir / "encoders.json")
     mel, pixels = encoder_from_state(enc["audio"]), encoder_from_state(enc["video"])
     seed = stage_seed(params.seed, "sample")
     common = dict(num_samples=cfg.num_samples, steps=cfg.steps, kind=cfg.kind, eta=cfg.eta,
-                  batch_size=cfg.batch_size)
+                  batch_size=cfg.batch_size, seed=seed)
     sets = {"baseline": (0.0, 0.0), "guided": g.scales}
     report, provenance = {}, {}
     folders = {"audio_base": audio_base, "video_base": video_base, "discriminator": discriminator}
@@ -72,16 +95,20 @@ def main(params_path: Path, latents_dir: Path, audio_base: Path, video_base: Pat
     for name, folder in folders.items():
         training = folder / "training.json"
         provenance[name] = read_json(training).get("mlflow_run_id") if training.is_file() else None
+    results = {}
+    for name, (s_a, s_v) in sets.items():
+        guided = name == "guided"
+        results[name] = sharded_joint(base_a, base_v, D if guided else None,
+                                      scale_a=s_a, scale_v=s_v,
+                                      critic=C if guided else None, critic_scales=(c_a, c_v),
+                                      restarts=g.restarts, restart_steps=g.restart_steps, **common)
+    if not dist.is_main():   # the main process writes everything
+        dist.barrier()
+        return
     with atomic_path(out) as tmp:
         tmp.mkdir()
         for name, (s_a, s_v) in sets.items():
-            guided = name == "guided"
-            a, v, timing = sample_joint(base_a, base_v, D if guided else None,
-                                        generators=modality_generators(seed),
-                                        scale_a=s_a, scale_v=s_v,
-                                        critic=C if guided else None, critic_scales=(c_a, c_v),
-                                        restarts=g.restarts, restart_steps=g.restart_steps,
-                                        **common)
+            a, v, timing = results[name]
             folder = tmp / name
             folder.mkdir()
             save_tensors(folder / "audio.safetensors", {"latents": a})
@@ -112,3 +139,5 @@ def main(params_path: Path, latents_dir: Path, audio_base: Path, video_base: Pat
     with tracking.stage_run("sample", {"seed": params.seed, "guidance": to_dict(g),
                                        "sample": to_dict(cfg)}):
         tracking.log_metrics(report)
+        tracking.log_metrics({"processes": dist.world_size()})
+    dist.barrier()

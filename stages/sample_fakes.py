@@ -3,6 +3,13 @@
 Each base model samples alone (DDIM, `fakes.steps`, `fakes.eta`: the same sampler as
 `sample`, so the discriminator sees the fakes it will correct); audio and video are then paired by a
 random permutation, so a fake pair is a draw from the product of the two bases' marginals.
+
+Seeds are per item (``mmdisco.guidance.sampler.item_seeds``): fake ``i`` comes from its own
+generators, whatever batch or process computed it. Launched with several processes
+(``docs/scaling.md``) each samples its share of the batches (``mmdisco.distributed``), the
+shares are gathered in item order and the main process writes the bank: the same files, bit
+for bit, as one process makes on the same hardware. The pairing permutation is drawn from the
+stage seed alone, so it does not depend on the process count either.
 """
 from __future__ import annotations
 
@@ -12,23 +19,42 @@ import click
 import torch
 from tqdm import tqdm
 
+from mmdisco import distributed as dist
 from mmdisco import tracking
 from mmdisco.bases import load_base
 from mmdisco.config import to_dict
-from mmdisco.guidance.sampler import modality_generators, sample_single
+from mmdisco.guidance.sampler import item_seeds, sample_single
 from mmdisco.io import atomic_path, save_tensors, write_json
 from stages.common import Timer, load, params_option, stage_seed, user_errors
 
 
-def sample_bank(base, n: int, steps: int, batch_size: int, generator: torch.Generator,
-                label: str, eta: float = 0.0) -> torch.Tensor:
-    """``n`` independent samples in batches with a progress bar (same as one batched call)."""
-    out = []
-    for lo in tqdm(range(0, n, batch_size), desc=f"fakes {label}", unit="batch", leave=False):
-        x, _ = sample_single(base, num_samples=min(batch_size, n - lo), steps=steps,
-                             generator=generator, kind="ddim", eta=eta)
-        out.append(x)
-    return torch.cat(out)
+def sample_bank(base, n: int, steps: int, batch_size: int, seed: int, label: str,
+                eta: float = 0.0) -> torch.Tensor:
+    """``n`` independent samples, item ``i`` from ``item_seeds(seed, n)[i]``; this process
+    samples its share of the batches, and every process gets all ``n`` in item order."""
+    seeds, device = item_seeds(seed, n), dist.device()
+    bar = tqdm(total=len(dist.batch_shard(n, batch_size)), desc=f"fakes {label}", unit="batch",
+               leave=False, disable=not dist.is_main())
+
+    def batch(lo: int, hi: int):
+        x, _ = sample_single(base, num_samples=hi - lo, steps=steps, item_seeds=seeds[lo:hi],
+                             kind="ddim", eta=eta, device=device)
+        bar.update()
+        return (x.cpu(),), None
+
+    (x,), _ = dist.map_batches(batch, n, batch_size)
+    bar.close()
+    return x
+
+
+def fake_bank(base_a, base_v, *, num_pairs: int, steps: int, batch_size: int, eta: float,
+              seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(audio, video)``: independent samples of each base, video paired by a permutation
+    drawn from ``seed`` (the same with any number of processes)."""
+    audio = sample_bank(base_a, num_pairs, steps, batch_size, seed, "audio", eta)
+    video = sample_bank(base_v, num_pairs, steps, batch_size, seed, "video", eta)
+    pairing = torch.randperm(num_pairs, generator=torch.Generator().manual_seed(seed))
+    return audio, video[pairing]
 
 
 @click.command("sample-fakes")
@@ -44,21 +70,22 @@ def main(params_path: Path, audio_base: Path, video_base: Path, out: Path) -> No
     """Sample each base model independently and pair the samples at random (fakes.*)."""
     params = load(params_path)
     cfg, timer = params.fakes, Timer()
-    base_a, base_v = load_base(audio_base), load_base(video_base)
+    device = dist.device()
+    base_a, base_v = (dist.to_device(load_base(b), device) for b in (audio_base, video_base))
     seed = stage_seed(params.seed, "sample_fakes")
-    gen_a, gen_v = modality_generators(seed)
-    audio = sample_bank(base_a, cfg.num_pairs, cfg.steps, cfg.batch_size, gen_a, "audio", cfg.eta)
-    video = sample_bank(base_v, cfg.num_pairs, cfg.steps, cfg.batch_size, gen_v, "video", cfg.eta)
-    pairing = torch.randperm(cfg.num_pairs, generator=torch.Generator().manual_seed(seed))
-    video = video[pairing]
-    with atomic_path(out) as tmp:
-        tmp.mkdir()
-        save_tensors(tmp / "audio.safetensors", {"latents": audio})
-        save_tensors(tmp / "video.safetensors", {"latents": video})
-        write_json(tmp / "bank.json", {"num_pairs": cfg.num_pairs, "steps": cfg.steps,
-                                      "eta": cfg.eta, "seed": seed})
-    summary = {"pairs": cfg.num_pairs, "seconds": timer.seconds,
-               "pairs_per_second": round(cfg.num_pairs / max(timer.seconds, 1e-9), 2)}
-    click.echo(f"sample_fakes: {cfg.num_pairs} pairs in {summary['seconds']} s -> {out}")
-    with tracking.stage_run("sample_fakes", {"seed": params.seed, "fakes": to_dict(cfg)}):
-        tracking.log_metrics(summary)
+    audio, video = fake_bank(base_a, base_v, num_pairs=cfg.num_pairs, steps=cfg.steps,
+                             batch_size=cfg.batch_size, eta=cfg.eta, seed=seed)
+    if dist.is_main():
+        with atomic_path(out) as tmp:
+            tmp.mkdir()
+            save_tensors(tmp / "audio.safetensors", {"latents": audio})
+            save_tensors(tmp / "video.safetensors", {"latents": video})
+            write_json(tmp / "bank.json", {"num_pairs": cfg.num_pairs, "steps": cfg.steps,
+                                          "eta": cfg.eta, "seed": seed, "seeding": "per-item"})
+        summary = {"pairs": cfg.num_pairs, "seconds": timer.seconds, "processes": dist.world_size(),
+                   "pairs_per_second": round(cfg.num_pairs / max(timer.seconds, 1e-9), 2)}
+        click.echo(f"sample_fakes: {cfg.num_pairs} pairs in {summary['seconds']} s "
+                   f"({dist.world_size()} process(es)) -> {out}")
+        with tracking.stage_run("sample_fakes", {"seed": params.seed, "fakes": to_dict(cfg)}):
+            tracking.log_metrics(summary)
+    dist.barrier()

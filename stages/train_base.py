@@ -13,7 +13,7 @@ import click
 
 from mmdisco import tracking
 from mmdisco.config import to_dict
-from mmdisco.io import atomic_path, load_tensors, write_json
+from mmdisco.io import atomic_path, load_tensors, remove_tree, write_json
 from stages.common import load, params_option, stage_seed, user_errors
 
 
@@ -62,7 +62,7 @@ def main(params_path: Path, modality: str, latents_dir: Path, out: Path, checkpo
     with atomic_path(out) as tmp:
         shutil.copytree(work, tmp, ignore=shutil.ignore_patterns("checkpoint"))
         write_json(tmp / "training.json", summary)
-    shutil.rmtree(work)  # finished: a checkpoint is only for resuming an interrupted run
+    remove_tree(work)  # finished (never left half-deleted): a checkpoint is only for resuming
     write_curve(plot_path, curve)
     write_json(metrics_path, summary)
     click.echo(f"train_base_{modality}: {summary['steps']} steps, final loss "

@@ -268,7 +268,10 @@ class TinyBase(torch.nn.Module):
         """The json config saved beside the weights (``kind`` keys the factory)."""
         return {"kind": KIND, "modality": self.modality, "latent_shape": list(self.latent_shape),
                 "prediction_type": self.cfg.prediction_type, "model": to_dict(self.cfg),
-                "scheduler": dict(self.make_scheduler("ddim").config),
+                # diffusers' private keys (e.g. _use_default_values, built from a set) vary in
+                # order between processes: keep them out, so equal runs write equal bytes
+                "scheduler": {k: v for k, v in self.make_scheduler("ddim").config.items()
+                              if not k.startswith("_")},
                 "num_parameters": self.num_parameters()}
 
     def save(self, path: str | Path) -> None:

@@ -70,7 +70,8 @@ from einops import rearrange
 
 from mmdisco.config import ClipConfig
 from mmdisco.data.media import MediaError, _video_info, probe
-from mmdisco.io import atomic_path, load_tensors, read_json, save_tensors, write_json
+from mmdisco.io import (atomic_path, child_path, load_tensors, read_json, save_tensors,
+                        write_json)
 
 log = logging.getLogger(__name__)
 
@@ -890,6 +891,7 @@ def load_clips(clips_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor, dict]
                                            for c in index["clips"]})
     videos, audios = [], []
     for name in names:
+        child_path(clips_dir, name, index_path)   # a tampered index cannot read elsewhere
         if not (clips_dir / name).is_file():
             raise FileNotFoundError(f"{clips_dir / name} is missing: {clips_dir} is incomplete; "
                                     f"delete it and rerun the clip extraction stage")

@@ -18,6 +18,15 @@ residual ``−σ_t ∇ f``, usually on the modality that decides later (audio).
 
 This is an extension beyond the paper, off by default in the maths tests and measured against
 the plain discriminator (README, "Results").
+
+Several processes (``train_critic(accelerator=...)``): InfoNCE over a share of the batch is
+NOT InfoNCE over the batch — the negatives of each pair are the other clips of the batch, so a
+share would see ``1/N`` of them and train another objective. So every process draws the same
+global batch, embeds its own equal share (DDP wraps the towers), and the embeddings of all
+shares are all-gathered WITH their gradient (``torch.distributed.nn.functional.all_gather``)
+before the loss: each process computes the whole batch's score matrix and loss. Its backward
+sums each share's gradient over the processes (N times the gradient of the one loss), DDP
+averages over the processes: the update is the one-process update, up to float rounding.
 """
 from __future__ import annotations
 
@@ -31,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmdisco import checkpoint
+from mmdisco.distributed import barrier
 from mmdisco.config import CriticConfig, to_dict
 from mmdisco.guidance.discriminator import AudioFeatures, TimeEmbedding, VideoFeatures, _check_inputs
 from mmdisco.guidance.loss import forward_noise
@@ -108,7 +118,8 @@ def retrieval_accuracy(critic: Critic, real_a: torch.Tensor, real_v: torch.Tenso
     out: dict[str, float] = {}
     for t_value in EVAL_TIMESTEPS:
         a_t, v_t, t = _noisy_batch(real_a, real_v, t_value, alphas_a, alphas_v, gen)
-        best = critic.scores(a_t, v_t, t).argmax(dim=1)
+        dev = next(critic.parameters()).device
+        best = critic.scores(a_t.to(dev), v_t.to(dev), t.to(dev)).argmax(dim=1).cpu()
         out[f"top1_t{t_value}"] = float((best == torch.arange(len(best))).float().mean())
         if labels is not None:
             out[f"label_match_t{t_value}"] = float((labels[best] == labels).float().mean())
@@ -120,15 +131,44 @@ def sample_timestep(cfg: CriticConfig, generator: torch.Generator) -> int:
     return int(torch.randint(cfg.t_min, cfg.t_max + 1, (1,), generator=generator))
 
 
+class _Towers(nn.Module):
+    """The critic's embeddings as a module's ``forward``, for DDP to wrap."""
+
+    def __init__(self, critic: Critic):
+        super().__init__()
+        self.critic = critic
+
+    def forward(self, a_t: torch.Tensor, v_t: torch.Tensor, t: torch.Tensor):
+        return self.critic.embed(a_t, v_t, t)
+
+
+def _gathered_scores(towers: nn.Module, critic: Critic, a_t: torch.Tensor, v_t: torch.Tensor,
+                     t: torch.Tensor, part: slice) -> torch.Tensor:
+    """The whole batch's score matrix from this process's share and the others' embeddings."""
+    from torch.distributed.nn.functional import all_gather
+
+    e_a, e_v = towers(a_t[part], v_t[part], t[part])
+    e_a, e_v = torch.cat(all_gather(e_a)), torch.cat(all_gather(e_v))
+    return e_a @ e_v.T / critic.temperature
+
+
 def train_critic(critic: Critic, *, real_a: torch.Tensor, real_v: torch.Tensor,
                  alphas_a: torch.Tensor, alphas_v: torch.Tensor, cfg: CriticConfig,
                  checkpoint_dir: Path, seed: int,
-                 log: Callable[[int, dict], None] | None = None) -> dict:
+                 log: Callable[[int, dict], None] | None = None,
+                 accelerator=None, stop_at: int | None = None) -> dict:
     """Train ``critic`` in place with InfoNCE on real pairs; resumable from ``checkpoint_dir``.
 
     Each step draws ``batch_size`` distinct training clips and one timestep; both modalities
     are noised to it (so every entry of the score matrix compares like with like).
+    ``accelerator`` and ``stop_at`` as in ``mmdisco.guidance.train.train_discriminator``
+    (several processes: see the module docstring).
     """
+    from mmdisco.guidance.train import _load_shared, _share
+
+    world, rank, part = _share(accelerator, cfg.batch_size)
+    main = rank == 0
+    device = torch.device("cpu") if accelerator is None else accelerator.device
     if len(real_a) != len(real_v):
         raise ValueError(f"real audio ({len(real_a)}) and video ({len(real_v)}) counts differ")
     if cfg.t_max >= len(alphas_a):
@@ -146,12 +186,15 @@ def train_critic(critic: Critic, *, real_a: torch.Tensor, real_v: torch.Tensor,
     fp = checkpoint.fingerprint("critic", real_a, real_v, alphas_a, alphas_v, to_dict(cfg), seed,
                                 critic.config)
     step = resumed_from = 0
-    state = checkpoint.load(checkpoint_dir, fp)
+    state = _load_shared(checkpoint_dir, fp, accelerator, main)
     if state is not None:
         critic.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
         step = resumed_from = int(state["step"])
+    towers = None
+    if world > 1:
+        towers, opt = accelerator.prepare(_Towers(critic), opt)
     critic.train()
     window: dict[str, list[float]] = {}
     last_eval: dict[str, float] = {}
@@ -162,11 +205,17 @@ def train_critic(critic: Critic, *, real_a: torch.Tensor, real_v: torch.Tensor,
             group["lr"] = lr
         idx = torch.randperm(len(tr_a), generator=gen)[:cfg.batch_size]
         a_t, v_t, t = _noisy_batch(tr_a[idx], tr_v[idx], sample_timestep(cfg, gen),
-                                   alphas_a, alphas_v, gen)
-        S = critic.scores(a_t, v_t, t)
+                                   alphas_a, alphas_v, gen)   # the global batch
+        if world > 1:
+            S = _gathered_scores(towers, critic, *(x.to(device) for x in (a_t, v_t, t)), part)
+        else:
+            S = critic.scores(a_t, v_t, t)
         loss = info_nce(S)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if world > 1:
+            accelerator.backward(loss)
+        else:
+            loss.backward()
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(critic.parameters(), cfg.grad_clip)
         opt.step()
@@ -177,7 +226,7 @@ def train_critic(critic: Critic, *, real_a: torch.Tensor, real_v: torch.Tensor,
                                      f"lower critic.lr (now {cfg.lr})")
         window.setdefault("loss", []).append(value)
         window.setdefault("top1", []).append(
-            float((S.detach().argmax(1) == torch.arange(len(S))).float().mean()))
+            float((S.detach().argmax(1).cpu() == torch.arange(len(S))).float().mean()))
         if step % cfg.log_every == 0 or step == cfg.steps:
             means = {k: sum(v) / len(v) for k, v in window.items()}
             window = {}
@@ -187,12 +236,20 @@ def train_critic(critic: Critic, *, real_a: torch.Tensor, real_v: torch.Tensor,
                                                alphas_v, seed=seed + 1)
                 critic.train()
                 means.update(last_eval)
-            if log is not None:
+            if log is not None and main:
                 log(step, {"lr": lr, **means})
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            checkpoint.save(checkpoint_dir, step, {"model": critic.state_dict(),
-                                                   "optimizer": opt.state_dict(),
-                                                   "generator": gen.get_state()}, fp)
+        stopping = stop_at is not None and step >= stop_at
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
+            if main:
+                checkpoint.save(checkpoint_dir, step, {"model": critic.state_dict(),
+                                                       "optimizer": opt.state_dict(),
+                                                       "generator": gen.get_state()}, fp)
+            if world > 1:
+                barrier()
+        if stopping and step < cfg.steps:
+            critic.eval()
+            return {"steps": cfg.steps, "stopped_at": step, "resumed_from": resumed_from,
+                    "wall_s": time.perf_counter() - started}
     critic.eval()
     if not last_eval:
         last_eval = retrieval_accuracy(critic, real_a[held], real_v[held], alphas_a, alphas_v,

@@ -8,6 +8,11 @@ residual ``−σ_t ∇ logit D`` to complete each frozen base model's ε on REAL
 
 (mean over elements, like the usual ε-MSE). It needs a double backward through ``D`` only;
 base predictions are computed under ``torch.no_grad()`` and never receive gradients.
+
+Data parallelism (``part``): every process draws the random numbers of the WHOLE batch from
+the same generator state, then computes the loss on its own rows ``part`` of the real AND the
+fake pairs. Both BCE terms and the DSM term are means, so with equal parts the mean over
+processes of their losses (and gradients: what DDP averages) is the loss of the whole batch.
 """
 from __future__ import annotations
 
@@ -47,8 +52,13 @@ class DiscriminatorLoss:
     def __call__(self, D: nn.Module, base_a: BaseModel, base_v: BaseModel,
                  real_a0: torch.Tensor, real_v0: torch.Tensor,
                  fake_a0: torch.Tensor, fake_v0: torch.Tensor,
-                 generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        """``(loss, stats)``; random draws: t real, t fake, ε real a, real v, fake a, fake v."""
+                 generator: torch.Generator, part: slice | None = None
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``(loss, stats)``; random draws: t real, t fake, ε real a, real v, fake a, fake v.
+
+        With ``part`` the draws are made for the whole batch (the generator advances exactly as
+        without it) and the loss is computed on rows ``part`` of the real and the fake pairs.
+        """
         check_pair(base_a, base_v)
         if real_a0.shape[0] != real_v0.shape[0] or fake_a0.shape[0] != fake_v0.shape[0]:
             raise ValueError(f"unpaired batch: real {real_a0.shape[0]} audio vs {real_v0.shape[0]} "
@@ -61,6 +71,13 @@ class DiscriminatorLoss:
         t_fake = self._timesteps(n_fake, steps, generator).to(device)
         noise = [torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(device)
                  for x in (real_a0, real_v0, fake_a0, fake_v0)]
+        if part is not None:   # this process's rows of the real and of the fake pairs
+            if len(range(n_real)[part]) != len(range(n_fake)[part]) or not len(range(n_real)[part]):
+                raise ValueError(f"part {part} must take as many real as fake pairs, at least one")
+            real_a0, real_v0 = real_a0[part], real_v0[part]
+            fake_a0, fake_v0 = fake_a0[part], fake_v0[part]
+            t_real, t_fake = t_real[part], t_fake[part]
+            noise = [noise[0][part], noise[1][part], noise[2][part], noise[3][part]]
         real_a = forward_noise(real_a0, t_real, noise[0], alphas_a)
         real_v = forward_noise(real_v0, t_real, noise[1], alphas_v)
         fake_a = forward_noise(fake_a0, t_fake, noise[2], alphas_a)

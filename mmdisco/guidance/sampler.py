@@ -12,6 +12,14 @@ with the same generator state and ``batch_size`` — bit for bit. More: with ``s
 audio alone is unchanged whatever ``s_v`` is, since ``ε_A`` never sees the video.
 ``modality_generators(seed)`` derives the pair from one master seed.
 
+Per-item seeding (``item_seeds=[s_0, s_1, ...]``, one per sample, instead of ``generator(s)``):
+sample ``i`` draws everything — initial noise, the scheduler's noise at every step, restart
+noise — from its own generators ``modality_generators(s_i)`` (audio from the first, video from
+the second). Its result then depends on its seed only, not on which batch or which process
+computed it, which is what sharding over processes needs (``mmdisco.distributed``);
+``item_seeds(seed, n)`` gives the seeds of items ``0..n-1`` of a run. The properties above hold
+per item: unguided, each modality equals ``sample_single`` with the same ``item_seeds``.
+
 Extensions beyond the paper, both off by default and inactive when unguided:
 - a ``critic`` (``mmdisco.guidance.critic``) adds its own residual ``c_m r_C^m`` to each ε̂;
 - restarts: each of the first ``restart_steps`` steps is repeated ``restarts`` more times, each
@@ -23,7 +31,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from typing import Callable, Sequence, Union
 
 import numpy as np
 import torch
@@ -33,6 +41,8 @@ from mmdisco.bases.protocol import BaseModel, check_pair
 from mmdisco.guidance.discriminator import residuals
 
 KINDS = ("ddim", "ddpm")
+MODALITY_INDEX = {"audio": 0, "video": 1}   # which of modality_generators(s) a modality uses
+Gen = Union[torch.Generator, list[torch.Generator]]   # one stream, or one per sample of the batch
 
 
 def modality_generators(seed: int, device: str | torch.device = "cpu") -> tuple[torch.Generator, torch.Generator]:
@@ -40,6 +50,32 @@ def modality_generators(seed: int, device: str | torch.device = "cpu") -> tuple[
     states = [int(s.generate_state(1, np.uint64)[0]) for s in np.random.SeedSequence(seed).spawn(2)]
     gen_a, gen_v = (torch.Generator(device=device).manual_seed(s) for s in states)
     return gen_a, gen_v
+
+
+def item_seeds(seed: int, n: int, start: int = 0) -> list[int]:
+    """Seeds of items ``start .. start + n - 1`` of a run with master ``seed``: item ``i`` gets
+    the ``i``-th child of ``SeedSequence(seed)``, whatever the batching or the process count."""
+    return [int(np.random.SeedSequence(seed, spawn_key=(i,)).generate_state(1, np.uint64)[0])
+            for i in range(start, start + n)]
+
+
+def item_generators(seeds: Sequence[int], modality: str,
+                    device: str | torch.device = "cpu") -> list[torch.Generator]:
+    """One generator per item for ``modality``: the audio or video one of ``modality_generators``."""
+    if modality not in MODALITY_INDEX:
+        raise ValueError(f"per-item seeds need an audio or video base, got modality {modality!r}")
+    k = MODALITY_INDEX[modality]
+    return [modality_generators(int(s), device)[k] for s in seeds]
+
+
+def _randn(shape: tuple[int, ...], generator: Gen, dtype: torch.dtype) -> torch.Tensor:
+    """``randn`` on the generator's device; with a list, row ``i`` comes from generator ``i``."""
+    if isinstance(generator, list):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for {shape[0]} rows")
+        return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=dtype)
+                          for g in generator])
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype)
 
 
 def guided_eps(eps_a: torch.Tensor, eps_v: torch.Tensor, r_a: torch.Tensor | None,
@@ -62,10 +98,10 @@ def constrain(base: BaseModel, eps: torch.Tensor, x_t: torch.Tensor, t: torch.Te
 
 
 def renoise(x_prev: torch.Tensor, alpha_t: float, alpha_prev: float,
-            generator: torch.Generator) -> torch.Tensor:
+            generator: Gen) -> torch.Tensor:
     """Forward process from ``t_prev`` back to ``t``: ``sqrt(ᾱ_t/ᾱ_prev) x + sqrt(1 − ᾱ_t/ᾱ_prev) z``."""
     ratio = alpha_t / alpha_prev
-    z = torch.randn(x_prev.shape, generator=generator, device=generator.device, dtype=x_prev.dtype)
+    z = _randn(tuple(x_prev.shape), generator, x_prev.dtype)
     return math.sqrt(ratio) * x_prev + math.sqrt(max(1.0 - ratio, 0.0)) * z.to(x_prev.device)
 
 
@@ -102,19 +138,29 @@ def _scheduler(base: BaseModel, kind: str, steps: int):
     return scheduler
 
 
-def _init_noise(base: BaseModel, scheduler, n: int, generator: torch.Generator,
+def _init_noise(base: BaseModel, scheduler, n: int, generator: Gen,
                 device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Initial latents for ``n`` samples, drawn on the generator's device."""
-    x = torch.randn((n, *base.latent_shape), generator=generator, device=generator.device, dtype=dtype)
+    x = _randn((n, *base.latent_shape), generator, dtype)
     return x.to(device) * scheduler.init_noise_sigma
 
 
 def _step(scheduler, kind: str, eps: torch.Tensor, t: torch.Tensor, x: torch.Tensor,
-          generator: torch.Generator, eta: float) -> torch.Tensor:
-    """One scheduler update ``x_t → x_{t−1}`` with noise (if any) from ``generator``."""
+          generator: Gen, eta: float) -> torch.Tensor:
+    """One scheduler update ``x_t → x_{t−1}`` with noise (if any) from ``generator`` (a list:
+    row ``i`` from generator ``i``, as diffusers' ``randn_tensor`` does)."""
     if kind == "ddim":
         return scheduler.step(eps, t, x, eta=eta, generator=generator).prev_sample
     return scheduler.step(eps, t, x, generator=generator).prev_sample
+
+
+def _item_seeds(seeds: Sequence[int] | None, num_samples: int) -> list[int] | None:
+    if seeds is None:
+        return None
+    seeds = [int(s) for s in seeds]
+    if len(seeds) != num_samples:
+        raise ValueError(f"item_seeds has {len(seeds)} seeds; it needs one per sample ({num_samples})")
+    return seeds
 
 
 def _rows(cond: torch.Tensor | None, lo: int, hi: int, device: torch.device) -> torch.Tensor | None:
@@ -127,19 +173,29 @@ def _new_timing() -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- samplers
-def sample_single(base: BaseModel, *, num_samples: int, steps: int, generator: torch.Generator,
+def sample_single(base: BaseModel, *, num_samples: int, steps: int,
+                  generator: torch.Generator | None = None,
                   kind: str = "ddim", batch_size: int | None = None, cond: torch.Tensor | None = None,
                   eta: float = 0.0, device: str | torch.device = "cpu",
-                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, dict[str, float]]:
-    """Independent sampling of one base model; ``(x_0 [num_samples, *latent_shape], timing)``."""
+                  dtype: torch.dtype = torch.float32,
+                  item_seeds: Sequence[int] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Independent sampling of one base model; ``(x_0 [num_samples, *latent_shape], timing)``.
+
+    Randomness from ``generator`` (consumed batch after batch) or, instead, ``item_seeds`` (one
+    per sample: the sample's own stream, see the module docstring).
+    """
     batch_size = _check_common(num_samples, steps, kind, batch_size, eta)
     _check_cond(cond, num_samples, "cond")
+    seeds = _item_seeds(item_seeds, num_samples)
+    if (generator is None) == (seeds is None):
+        raise ValueError("give either generator or item_seeds (one per sample)")
     device = torch.device(device)
     scheduler = _scheduler(base, kind, steps)
     timing, start, outputs = _new_timing(), time.perf_counter(), []
     for lo in range(0, num_samples, batch_size):
         hi = min(lo + batch_size, num_samples)
-        x = _init_noise(base, scheduler, hi - lo, generator, device, dtype)
+        gen = generator if seeds is None else item_generators(seeds[lo:hi], base.modality)
+        x = _init_noise(base, scheduler, hi - lo, gen, device, dtype)
         c = _rows(cond, lo, hi, device)
         for t in scheduler.timesteps:
             t_batch = torch.full((hi - lo,), int(t), device=device, dtype=torch.long)
@@ -150,7 +206,7 @@ def sample_single(base: BaseModel, *, num_samples: int, steps: int, generator: t
             timing["base_s"] += time.perf_counter() - tick
             timing["base_passes"] += 1
             tick = time.perf_counter()
-            x = _step(scheduler, kind, eps, t, x, generator, eta)
+            x = _step(scheduler, kind, eps, t, x, gen, eta)
             _sync(device)
             timing["step_s"] += time.perf_counter() - tick
         outputs.append(x)
@@ -159,13 +215,15 @@ def sample_single(base: BaseModel, *, num_samples: int, steps: int, generator: t
 
 
 def sample_joint(base_a: BaseModel, base_v: BaseModel, D: nn.Module | None, *, num_samples: int,
-                 steps: int, generators: tuple[torch.Generator, torch.Generator], kind: str = "ddim",
+                 steps: int, generators: tuple[torch.Generator, torch.Generator] | None = None,
+                 kind: str = "ddim",
                  scale_a: float = 1.0, scale_v: float = 1.0, batch_size: int | None = None,
                  cond_a: torch.Tensor | None = None, cond_v: torch.Tensor | None = None,
                  eta: float = 0.0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  critic: nn.Module | None = None, critic_scales: tuple[float, float] = (0.0, 0.0),
                  restarts: int = 0, restart_steps: int = 0,
-                 callback: Callable[[dict], None] | None = None
+                 callback: Callable[[dict], None] | None = None,
+                 item_seeds: Sequence[int] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """Both bases in lockstep, guided by ``D``'s residuals; ``(a_0, v_0, timing)``.
 
@@ -174,13 +232,18 @@ def sample_joint(base_a: BaseModel, base_v: BaseModel, D: nn.Module | None, *, n
     guidance is active). ``callback`` receives, after each step, a dict with
     ``i, t, a_t, v_t, eps_a, eps_v, r_a, r_v`` (the latents before the step; ``r`` is the summed,
     scaled residual actually added, ``None`` when unguided).
+
+    Randomness from ``generators = (gen_a, gen_v)`` or, instead, ``item_seeds`` (one per sample).
     """
     batch_size = _check_common(num_samples, steps, kind, batch_size, eta)
     check_pair(base_a, base_v)
     if base_a.modality != "audio" or base_v.modality != "video":
         raise ValueError(f"sample_joint takes the audio base first and the video base second; got "
                          f"{base_a.modality!r} and {base_v.modality!r}")
-    if len(generators) != 2:
+    seeds = _item_seeds(item_seeds, num_samples)
+    if (generators is None) == (seeds is None):
+        raise ValueError("give either generators=(gen_a, gen_v) or item_seeds (one per sample)")
+    if generators is not None and len(generators) != 2:
         raise ValueError("generators must be a pair (gen_a, gen_v); see modality_generators(seed)")
     if not all(math.isfinite(x) for x in (scale_a, scale_v, *critic_scales)):
         raise ValueError(f"guidance scales must be finite, got {scale_a}, {scale_v} and critic "
@@ -189,7 +252,7 @@ def sample_joint(base_a: BaseModel, base_v: BaseModel, D: nn.Module | None, *, n
         raise ValueError(f"restarts and restart_steps must be >= 0, got {restarts} and {restart_steps}")
     _check_cond(cond_a, num_samples, "cond_a")
     _check_cond(cond_v, num_samples, "cond_v")
-    gen_a, gen_v = generators
+    gen_a, gen_v = generators if generators is not None else (None, None)
     device = torch.device(device)
     sched_a, sched_v = _scheduler(base_a, kind, steps), _scheduler(base_v, kind, steps)
     if not torch.equal(sched_a.timesteps, sched_v.timesteps):
@@ -201,7 +264,7 @@ def sample_joint(base_a: BaseModel, base_v: BaseModel, D: nn.Module | None, *, n
     timesteps = [int(t) for t in sched_a.timesteps]
     timing, start, out_a, out_v = _new_timing(), time.perf_counter(), [], []
 
-    def guided_update(t: int, a: torch.Tensor, v: torch.Tensor, ca, cv):
+    def guided_update(t: int, a: torch.Tensor, v: torch.Tensor, ca, cv, gen_a: Gen, gen_v: Gen):
         """One guided step from ``t``: (a_next, v_next, eps_a, eps_v, r_a, r_v)."""
         t_batch = torch.full((len(a),), t, device=device, dtype=torch.long)
         # 1. base predictions (frozen, no graph)
@@ -238,13 +301,16 @@ def sample_joint(base_a: BaseModel, base_v: BaseModel, D: nn.Module | None, *, n
 
     for lo in range(0, num_samples, batch_size):
         hi = min(lo + batch_size, num_samples)
+        if seeds is not None:   # one stream per sample and modality
+            gen_a, gen_v = (item_generators(seeds[lo:hi], m) for m in ("audio", "video"))
         a = _init_noise(base_a, sched_a, hi - lo, gen_a, device, dtype)   # audio noise first,
         v = _init_noise(base_v, sched_v, hi - lo, gen_v, device, dtype)   # then video noise
         ca, cv = _rows(cond_a, lo, hi, device), _rows(cond_v, lo, hi, device)
         for i, t in enumerate(timesteps):
             repeats = restarts if guides and i < restart_steps and i + 1 < len(timesteps) else 0
             for r in range(repeats + 1):
-                a_next, v_next, eps_a, eps_v, r_a, r_v = guided_update(t, a, v, ca, cv)
+                a_next, v_next, eps_a, eps_v, r_a, r_v = guided_update(t, a, v, ca, cv,
+                                                                       gen_a, gen_v)
                 if r < repeats:  # back to t and do the step again
                     t_prev = timesteps[i + 1]
                     a = renoise(a_next, float(alphas_a[t]), float(alphas_a[t_prev]), gen_a)

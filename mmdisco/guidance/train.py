@@ -6,6 +6,17 @@ independently by its base model (the paper's choice: teaches alignment and corre
 half of each. Every random draw comes from one generator seeded by the caller, and the
 generator state is checkpointed, so a resumed run ends with the same weights as an
 uninterrupted one.
+
+Several processes (``accelerator``, an ``accelerate.Accelerator`` of more than one process):
+only ``D`` and its optimiser are prepared (DDP wraps ``D``); the frozen bases stay outside.
+Every process draws the SAME global batch (clip indices, negatives, timesteps, noise) from its
+copy of the seeded generator and computes the loss on its own equal share of the real and of
+the fake pairs (``DiscriminatorLoss(part=...)``); DDP averages the gradients, so each update is
+the one-process update on the whole batch, up to float rounding (``train.batch_size`` must be
+a multiple of the process count). The main process reads the checkpoint and broadcasts it (no
+shared filesystem needed), logs, and writes checkpoints holding the unwrapped state dict and the
+generator state — the same stream for any number of processes, so a run resumes with another
+process count and ends with the same weights.
 """
 from __future__ import annotations
 
@@ -18,6 +29,7 @@ import torch
 from torch import nn
 
 from mmdisco import checkpoint
+from mmdisco.distributed import barrier
 from mmdisco.bases.protocol import BaseModel, check_pair
 from mmdisco.config import TrainConfig, to_dict
 from mmdisco.guidance.loss import DiscriminatorLoss, forward_noise
@@ -57,12 +69,45 @@ def negative_batch(cfg: TrainConfig, real_a: torch.Tensor, real_v: torch.Tensor,
     return torch.cat([ga, sa]), torch.cat([gv, sv])
 
 
+def _share(accelerator, batch_size: int) -> tuple[int, int, slice | None]:
+    """``(world, rank, part)``: this process's rows of each global batch (``None``: all)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return 1, 0, None
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if batch_size % world:
+        raise ValueError(f"batch_size ({batch_size}) must be a multiple of the {world} processes, "
+                         f"so that each takes an equal share of every global batch")
+    per = batch_size // world
+    return world, rank, slice(rank * per, (rank + 1) * per)
+
+
+def _load_shared(folder: Path, fp: str, accelerator, main: bool) -> dict | None:
+    """The checkpoint as read by the main process, broadcast to the others."""
+    state = checkpoint.load(folder, fp) if main else None
+    if accelerator is not None and accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        state = broadcast_object_list([state], from_process=0)[0]
+    return state
+
+
+def _mean_over_processes(accelerator, stats: dict[str, float]) -> dict[str, float]:
+    """Per-process statistics of equal shares averaged: the whole batch's figures."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return stats
+    keys = list(stats)   # the same order on every process (and in the curve's columns)
+    t = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=accelerator.device)
+    t = accelerator.reduce(t, reduction="mean").cpu()
+    return {k: float(v) for k, v in zip(keys, t)}
+
+
 @torch.no_grad()
 def heldout_accuracy(D: nn.Module, base_a: BaseModel, base_v: BaseModel,
                      real_a: torch.Tensor, real_v: torch.Tensor,
                      fake_a: torch.Tensor, fake_v: torch.Tensor, seed: int) -> dict[str, float]:
     """Accuracy on held-out real, fake and shuffled pairs at fixed noise levels."""
     gen = torch.Generator().manual_seed(seed)
+    dev = next(D.parameters()).device
     alphas_a, alphas_v = base_a.alphas_cumprod(), base_v.alphas_cumprod()
     perm = derangement(len(real_a), gen)
     sets = {"real": (real_a, real_v, 1.0), "fake": (fake_a, fake_v, 0.0),
@@ -73,7 +118,7 @@ def heldout_accuracy(D: nn.Module, base_a: BaseModel, base_v: BaseModel,
             t = torch.full((len(a0),), t_value, dtype=torch.long)
             a_t = forward_noise(a0, t, torch.randn(a0.shape, generator=gen), alphas_a)
             v_t = forward_noise(v0, t, torch.randn(v0.shape, generator=gen), alphas_v)
-            logit = D(a_t, v_t, t)
+            logit = D(a_t.to(dev), v_t.to(dev), t.to(dev)).cpu()
             out[f"acc_{name}_t{t_value}"] = float(((logit > 0).float() == label).float().mean())
     return out
 
@@ -82,9 +127,19 @@ def train_discriminator(D: nn.Module, base_a: BaseModel, base_v: BaseModel, *,
                         real_a: torch.Tensor, real_v: torch.Tensor,
                         fake_a: torch.Tensor, fake_v: torch.Tensor, cfg: TrainConfig,
                         checkpoint_dir: Path, seed: int,
-                        log: Callable[[int, dict], None] | None = None) -> dict:
-    """Train ``D`` in place with the loss of the method; return a summary with held-out accuracy."""
+                        log: Callable[[int, dict], None] | None = None,
+                        accelerator=None, stop_at: int | None = None) -> dict:
+    """Train ``D`` in place with the loss of the method; return a summary with held-out accuracy.
+
+    ``accelerator``: an ``accelerate.Accelerator`` to train data-parallel over its processes
+    (see the module docstring); ``log`` is then called on the main process only. ``stop_at``:
+    stop after that step with a checkpoint, as an interruption would (the summary then has
+    ``stopped_at`` and no held-out figures); a later call resumes.
+    """
     check_pair(base_a, base_v)
+    world, rank, part = _share(accelerator, cfg.batch_size)
+    main = rank == 0
+    device = torch.device("cpu") if accelerator is None else accelerator.device
     if len(real_a) != len(real_v) or len(fake_a) != len(fake_v):
         raise ValueError("real audio/video and fake audio/video must have matching counts")
     if len(real_a) <= cfg.heldout + cfg.batch_size // 2:
@@ -104,7 +159,7 @@ def train_discriminator(D: nn.Module, base_a: BaseModel, base_v: BaseModel, *,
     gen = torch.Generator().manual_seed(seed)
     fp = checkpoint.fingerprint(real_a, real_v, fake_a, fake_v, to_dict(cfg), seed,
                                 getattr(D, "config", None))
-    state = checkpoint.load(checkpoint_dir, fp)
+    state = _load_shared(checkpoint_dir, fp, accelerator, main)
     step = 0
     if state is not None:
         D.load_state_dict(state["model"])
@@ -112,23 +167,31 @@ def train_discriminator(D: nn.Module, base_a: BaseModel, base_v: BaseModel, *,
         gen.set_state(state["generator"])
         step = int(state["step"])
     resumed_from = step
+    model = D   # what is trained: D itself, or its DDP wrapper
+    if world > 1:
+        model, opt = accelerator.prepare(D, opt)
     # 3. loop
-    D.train()
+    model.train()
     window: dict[str, list[float]] = {}
     last_eval: dict[str, float] = {}
     while step < cfg.steps:
         lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))  # cosine decay
         for group in opt.param_groups:
             group["lr"] = lr
-        idx = torch.randint(len(tr_a), (cfg.batch_size,), generator=gen)
+        idx = torch.randint(len(tr_a), (cfg.batch_size,), generator=gen)   # the global batch,
         neg_a, neg_v = negative_batch(cfg, tr_a, tr_v, fake_a, fake_v, cfg.batch_size, gen)
-        loss, stats = loss_fn(D, base_a, base_v, tr_a[idx], tr_v[idx], neg_a, neg_v, gen)
+        batch = [x.to(device) for x in (tr_a[idx], tr_v[idx], neg_a, neg_v)]
+        loss, stats = loss_fn(model, base_a, base_v, *batch, gen, part=part)  # this share of it
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if world > 1:
+            accelerator.backward(loss)   # DDP averages the shares' gradients
+        else:
+            loss.backward()
         if cfg.grad_clip > 0:
-            stats["grad_norm"] = float(nn.utils.clip_grad_norm_(D.parameters(), cfg.grad_clip))
+            stats["grad_norm"] = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
         opt.step()
         step += 1
+        stats = _mean_over_processes(accelerator, stats)
         if not math.isfinite(stats["loss"]):
             raise FloatingPointError(f"discriminator loss became {stats['loss']} at step {step}; "
                                      f"lower train.lr (now {cfg.lr})")
@@ -138,17 +201,25 @@ def train_discriminator(D: nn.Module, base_a: BaseModel, base_v: BaseModel, *,
             means = {k: sum(v) / len(v) for k, v in window.items()}
             window = {}
             if step % cfg.eval_every == 0 or step == cfg.steps:
-                D.eval()
+                D.eval()   # every process computes it (no collective): same figures on all
                 last_eval = heldout_accuracy(D, base_a, base_v, real_a[held], real_v[held],
                                              *held_fake, seed=seed + 1)
-                D.train()
+                model.train()
                 means.update(last_eval)
-            if log is not None:
+            if log is not None and main:
                 log(step, {"lr": lr, **means})
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            checkpoint.save(checkpoint_dir, step, {"model": D.state_dict(),
-                                                   "optimizer": opt.state_dict(),
-                                                   "generator": gen.get_state()}, fp)
+        stopping = stop_at is not None and step >= stop_at
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
+            if main:   # D is the unwrapped module: its state dict loads with any process count
+                checkpoint.save(checkpoint_dir, step, {"model": D.state_dict(),
+                                                       "optimizer": opt.state_dict(),
+                                                       "generator": gen.get_state()}, fp)
+            if world > 1:
+                barrier()
+        if stopping and step < cfg.steps:
+            D.eval()
+            return {"steps": cfg.steps, "stopped_at": step, "resumed_from": resumed_from,
+                    "wall_s": time.perf_counter() - started}
     D.eval()
     if not last_eval:  # resumed at the end: recompute the held-out figures
         last_eval = heldout_accuracy(D, base_a, base_v, real_a[held], real_v[held], *held_fake,

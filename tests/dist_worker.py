@@ -1,0 +1,116 @@
+"""Tiny-model scenarios run by ``tests/test_distributed.py`` in one process (imported) and in
+two (``torchrun --nproc_per_node 2 --standalone tests/dist_worker.py OUT``, gloo on the CPU).
+
+In the launched run every scenario writes its result under ``OUT`` from the main process:
+``d_full.pt`` (discriminator after an uninterrupted run, and what the main process logged),
+``d_resumed.pt`` (resumed from the one-process checkpoint in ``OUT/ckpt_from1``),
+``ckpt_from2/`` (a run stopped at ``STOP`` for the one-process side to resume), ``critic.pt``
+and ``bank.pt`` (sharded fake banks, one of them a single batch, so that the second process
+gathers nothing).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+torch.set_num_threads(1)
+
+from mmdisco import distributed as dist  # noqa: E402
+from mmdisco.bases import TinyBase, TinyBaseConfig  # noqa: E402
+from mmdisco.config import CriticConfig, TrainConfig  # noqa: E402
+from mmdisco.guidance.critic import Critic, train_critic  # noqa: E402
+from mmdisco.guidance.discriminator import Discriminator  # noqa: E402
+from mmdisco.guidance.train import train_discriminator  # noqa: E402
+from stages.sample_fakes import fake_bank  # noqa: E402
+
+AUDIO, VIDEO = (1, 8, 8), (4, 3, 8, 8)
+# λ > 0: the double backward through D runs under DDP too
+CFG = TrainConfig(steps=10, batch_size=8, checkpoint_every=4, log_every=2, eval_every=10,
+                  heldout=8, denoise_weight=0.1)
+CRITIC = CriticConfig(steps=6, batch_size=8, heldout=8, warmup_steps=2, checkpoint_every=3,
+                      log_every=3, eval_every=6, width=8, time_dim=16, dim=8)
+STOP = 6   # the interrupted runs stop here (a checkpoint step of neither schedule: forced)
+BANK = dict(num_pairs=10, steps=4, batch_size=3, eta=1.0, seed=5)   # 4 batches, the last of 1
+
+
+def bases():
+    torch.manual_seed(0)
+    a = TinyBase(TinyBaseConfig(arch="unet1d", channels=(8, 16)), AUDIO)
+    v = TinyBase(TinyBaseConfig(channels=(16, 32), patch=2, norm_groups=8, attn_head_dim=8), VIDEO)
+    return a.eval().requires_grad_(False), v.eval().requires_grad_(False)
+
+
+def data(n: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand((n, *AUDIO), generator=g) * 2 - 1,
+            torch.rand((n, *VIDEO), generator=g) * 2 - 1)
+
+
+def make_d() -> Discriminator:
+    torch.manual_seed(1)
+    return Discriminator(audio_shape=AUDIO, video_shape=VIDEO, width=8, time_dim=16, head_hidden=16)
+
+
+def train(ckpt: Path, accelerator=None, stop_at: int | None = None, logs: list | None = None):
+    """``(D, summary)`` of a discriminator run over the fixed tiny data."""
+    base_a, base_v = bases()
+    real_a, real_v = data(40)
+    fake_a, fake_v = data(40, seed=1)
+    D = make_d()
+    summary = train_discriminator(
+        D, base_a, base_v, real_a=real_a, real_v=real_v, fake_a=fake_a, fake_v=fake_v, cfg=CFG,
+        checkpoint_dir=ckpt, seed=7, accelerator=accelerator, stop_at=stop_at,
+        log=None if logs is None else (lambda step, stats: logs.append((step, stats))))
+    return D, summary
+
+
+def critic_run(ckpt: Path, accelerator=None) -> Critic:
+    base_a, base_v = bases()
+    real_a, real_v = data(40)
+    torch.manual_seed(3)
+    C = Critic(audio_shape=AUDIO, video_shape=VIDEO, width=8, time_dim=16, dim=8)
+    train_critic(C, real_a=real_a, real_v=real_v, alphas_a=base_a.alphas_cumprod(),
+                 alphas_v=base_v.alphas_cumprod(), cfg=CRITIC, checkpoint_dir=ckpt, seed=3,
+                 accelerator=accelerator)
+    return C
+
+
+def bank(**overrides) -> tuple[torch.Tensor, torch.Tensor]:
+    base_a, base_v = bases()
+    return fake_bank(base_a, base_v, **{**BANK, **overrides})
+
+
+def main(out: Path) -> None:
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    assert dist.world_size() == accelerator.num_processes == int(os.environ["WORLD_SIZE"])
+    logs: list = []
+    D, _ = train(out / "ckpt_full", accelerator, logs=logs)
+    if dist.is_main():
+        torch.save({"state": D.state_dict(), "logs": logs}, out / "d_full.pt")
+    assert (not logs) != dist.is_main(), "log must be called on the main process only"
+    D, summary = train(out / "ckpt_from1", accelerator)
+    if dist.is_main():
+        torch.save({"state": D.state_dict(), "resumed_from": summary["resumed_from"]},
+                   out / "d_resumed.pt")
+    _, summary = train(out / "ckpt_from2", accelerator, stop_at=STOP)
+    assert summary["stopped_at"] == STOP
+    C = critic_run(out / "ckpt_critic", accelerator)
+    if dist.is_main():
+        torch.save(C.state_dict(), out / "critic.pt")
+    audio, video = bank()
+    small = bank(num_pairs=2)   # one batch: the second process has nothing to sample
+    if dist.is_main():
+        torch.save({"audio": audio, "video": video, "small": small,
+                    "mine": dist.batch_shard(BANK["num_pairs"], BANK["batch_size"])},
+                   out / "bank.pt")
+    dist.barrier()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

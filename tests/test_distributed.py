@@ -1,0 +1,255 @@
+"""Scaling out: sharding helpers, per-item seeds, two processes (torchrun, gloo on the CPU) that
+match one, resume across process counts, and a DVC local remote round trip."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import dist_worker as w
+from mmdisco import distributed as dist
+from mmdisco.guidance.loss import DiscriminatorLoss
+from mmdisco.guidance.sampler import item_seeds, sample_joint, sample_single
+from mmdisco.testing import run
+
+ROOT = Path(__file__).resolve().parents[1]
+TOL = dict(rtol=1e-4, atol=1e-5)   # DDP's averaged gradient vs the whole batch's: float rounding
+
+
+# --------------------------------------------------------------------------- one process
+@pytest.mark.parametrize("world", [1, 2, 3, 5])
+@pytest.mark.parametrize("n", [0, 1, 7, 10])
+def test_shards_are_disjoint_cover_everything_and_balanced(n, world):
+    parts = [dist.shard(n, rank_=r, world=world) for r in range(world)]
+    assert [i for p in parts for i in p] == list(range(n))
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    batches = [dist.batch_shard(n, 3, rank_=r, world=world) for r in range(world)]
+    assert sorted(b for bs in batches for b in bs) == dist.batches(n, 3)
+    with pytest.raises(ValueError):
+        dist.shard(n, rank_=world, world=world)
+
+
+def test_one_process_is_rank_zero_of_one_and_gathers_in_item_order():
+    assert (dist.world_size(), dist.rank(), dist.is_main()) == (1, 0, True)
+    assert dist.device() == torch.device("cpu") and dist.accelerator() is None
+    x = torch.arange(12.0).reshape(4, 3)
+    out = dist.gather_items(x, [2, 0, 3, 1], 4)
+    assert torch.equal(out[[2, 0, 3, 1]], x)
+    with pytest.raises(ValueError, match="exactly once"):
+        dist.gather_items(x, [0, 0, 1, 2], 4)
+    (a,), infos = dist.map_batches(lambda lo, hi: ((torch.arange(lo, hi),), hi - lo), 7, 3)
+    assert torch.equal(a, torch.arange(7)) and infos == [3, 3, 1]
+    dist.barrier()
+    assert dist.all_mean({"x": 2.0}) == {"x": 2.0}
+
+
+@pytest.mark.parametrize("kind,eta", [("ddim", 1.0), ("ddpm", 0.0)])
+def test_item_seeds_make_each_sample_independent_of_its_batch(kind, eta):
+    base_a, base_v = w.bases()
+    seeds = item_seeds(3, 5)
+    assert seeds == item_seeds(3, 7)[:5] and item_seeds(3, 3, start=2) == seeds[2:]
+    common = dict(steps=4, kind=kind, eta=eta)
+    a, v, _ = sample_joint(base_a, base_v, w.make_d(), num_samples=5, item_seeds=seeds,
+                           batch_size=2, scale_a=1.0, scale_v=1.0, restarts=1, restart_steps=1,
+                           **common)
+    a1, v1, _ = sample_joint(base_a, base_v, w.make_d(), num_samples=5, item_seeds=seeds,
+                             batch_size=5, scale_a=1.0, scale_v=1.0, restarts=1, restart_steps=1,
+                             **common)
+    torch.testing.assert_close((a1, v1), (a, v), rtol=1e-4, atol=1e-4)  # batch kernels: rounding
+    # a sample computed alone, in another batch, is the same sample
+    a2, v2, _ = sample_joint(base_a, base_v, w.make_d(), num_samples=2, item_seeds=seeds[3:],
+                             scale_a=1.0, scale_v=1.0, restarts=1, restart_steps=1, **common)
+    torch.testing.assert_close((a2, v2), (a[3:], v[3:]), rtol=1e-4, atol=1e-4)
+    # unguided, each modality is sample_single with the same item seeds, bit for bit
+    a0, v0, _ = sample_joint(base_a, base_v, None, num_samples=5, item_seeds=seeds, batch_size=2,
+                             **common)
+    ref_a, _ = sample_single(base_a, num_samples=5, item_seeds=seeds, batch_size=2, **common)
+    ref_v, _ = sample_single(base_v, num_samples=5, item_seeds=seeds, batch_size=2, **common)
+    assert torch.equal(a0, ref_a) and torch.equal(v0, ref_v)
+    assert not torch.equal(a0[0], a0[1])   # distinct items, distinct noise
+    with pytest.raises(ValueError, match="either"):
+        sample_single(base_a, num_samples=5, item_seeds=seeds, generator=torch.Generator(),
+                      **common)
+    with pytest.raises(ValueError, match="one per sample"):
+        sample_joint(base_a, base_v, None, num_samples=4, item_seeds=seeds, **common)
+
+
+def test_shared_loss_over_equal_parts_averages_to_the_whole_batch():
+    base_a, base_v = w.bases()
+    real_a, real_v = w.data(8)
+    fake_a, fake_v = w.data(8, seed=1)
+    loss_fn = DiscriminatorLoss(0.1)
+
+    def loss_and_grads(part):
+        D = w.make_d()
+        gen = torch.Generator().manual_seed(0)
+        loss, _ = loss_fn(D, base_a, base_v, real_a, real_v, fake_a, fake_v, gen, part=part)
+        loss.backward()
+        return loss.detach(), [p.grad for p in D.parameters()], gen.get_state()
+
+    whole, g_whole, state = loss_and_grads(None)
+    parts = [loss_and_grads(slice(r * 4, (r + 1) * 4)) for r in range(2)]
+    torch.testing.assert_close((parts[0][0] + parts[1][0]) / 2, whole)
+    for k, g in enumerate(g_whole):
+        torch.testing.assert_close((parts[0][1][k] + parts[1][1][k]) / 2, g, rtol=1e-4, atol=1e-6)
+    assert all(torch.equal(p[2], state) for p in parts)   # the same draws, whatever the part
+
+
+# --------------------------------------------------------------------------- two processes
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """One torchrun launch of ``dist_worker.py`` with 2 processes, after the 1-process side
+    has written the checkpoint that the 2-process side resumes."""
+    out = tmp_path_factory.mktemp("dist")
+    _, stopped = w.train(out / "ckpt_from1", stop_at=w.STOP)
+    assert stopped["stopped_at"] == w.STOP
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MMDISCO_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+           str(ROOT / "tests" / "dist_worker.py"), str(out)]
+    proc = subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return out
+
+
+def dead_parameters(model: torch.nn.Module) -> set[str]:
+    """Parameters whose gradient is identically zero: the bias of a convolution followed by a
+    per-channel GroupNorm, which the norm subtracts again. Their true updates are zero, so
+    AdamW turns the float noise of their gradient (~1e-9) into steps of ±lr: they wander
+    differently in any two runs that round differently, without changing the function."""
+    g = torch.Generator().manual_seed(9)
+    a, v = torch.randn((6, *w.AUDIO), generator=g), torch.randn((6, *w.VIDEO), generator=g)
+    t = torch.randint(0, 1000, (6,), generator=g)
+    model.zero_grad()
+    model(a, v, t).pow(2).sum().backward()
+    top = max(float(p.grad.abs().max()) for p in model.parameters())
+    dead = {n for n, p in model.named_parameters() if float(p.grad.abs().max()) < 1e-6 * top}
+    model.zero_grad()
+    return dead
+
+
+def assert_same_model(got: dict, want: torch.nn.Module):
+    """Same function (outputs on fixed inputs) and same weights, dead parameters aside."""
+    dead = dead_parameters(want)
+    assert dead and all(n.endswith("conv.bias") for n in dead), dead
+    state = want.state_dict()
+    assert got.keys() == state.keys()
+    for k in state:
+        if k not in dead:
+            torch.testing.assert_close(got[k], state[k], **TOL, msg=lambda m: f"{k}: {m}")
+    other = type(want)(**want.config)
+    other.load_state_dict(got)
+    g = torch.Generator().manual_seed(10)
+    a, v = torch.randn((6, *w.AUDIO), generator=g), torch.randn((6, *w.VIDEO), generator=g)
+    t = torch.randint(0, 1000, (6,), generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(other(a, v, t), want(a, v, t), **TOL)
+
+
+def test_two_processes_train_the_same_discriminator_as_one(launched, tmp_path):
+    logs: list = []
+    D, _ = w.train(tmp_path / "ckpt", logs=logs)
+    two = torch.load(launched / "d_full.pt", weights_only=True)
+    assert_same_model(two["state"], D)
+    # the main process logged the whole global batch's figures (the shares' mean)
+    assert [s for s, _ in two["logs"]] == [s for s, _ in logs]
+    for (_, got), (_, want) in zip(two["logs"], logs):
+        assert got.keys() == want.keys()
+        for k in ("loss", "bce", "dsm", "acc_real", "acc_fake", "grad_norm", "lr"):
+            assert got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-6), k
+
+
+def test_resume_across_process_counts_ends_with_the_same_weights(launched, tmp_path):
+    D_full, _ = w.train(tmp_path / "full")
+    # checkpoint of 1 process (stopped at STOP), resumed by 2
+    two = torch.load(launched / "d_resumed.pt", weights_only=True)
+    assert two["resumed_from"] == w.STOP
+    assert_same_model(two["state"], D_full)
+    # checkpoint of 2 processes, resumed by 1
+    ckpt = tmp_path / "from2"
+    shutil.copytree(launched / "ckpt_from2", ckpt)
+    D, summary = w.train(ckpt)
+    assert summary["resumed_from"] == w.STOP
+    assert_same_model(D.state_dict(), D_full)
+
+
+def test_two_processes_train_the_same_critic_as_one(launched, tmp_path):
+    C = w.critic_run(tmp_path / "ckpt")
+    two = torch.load(launched / "critic.pt", weights_only=True)
+    assert_same_model(two, C)
+
+
+def test_sharded_fake_bank_is_exactly_the_one_process_bank(launched):
+    audio, video = w.bank()
+    two = torch.load(launched / "bank.pt", weights_only=True)
+    assert two["mine"] == [(0, 3), (6, 9)]   # the main process sampled half of the batches
+    assert torch.equal(two["audio"], audio) and torch.equal(two["video"], video)
+    small = w.bank(num_pairs=2)
+    assert all(torch.equal(x, y) for x, y in zip(two["small"], small))
+    # and item seeds make it independent of the batching (up to float rounding)
+    a1, v1 = w.bank(batch_size=10)
+    torch.testing.assert_close((a1, v1), (audio, video), rtol=1e-4, atol=1e-4)
+
+
+def test_the_stage_launched_with_torchrun_writes_the_one_process_bank(tmp_path):
+    """The documented launch path: ``torchrun ... -m mmdisco.cli sample-fakes`` (2 processes)
+    writes the bank that one process computes, once, from the main process."""
+    import yaml
+
+    from mmdisco.bases import load_base
+    from mmdisco.io import load_tensors, read_json
+    from stages.common import stage_seed
+    from stages.sample_fakes import fake_bank
+
+    for base, name in zip(w.bases(), ("base_audio", "base_video")):
+        base.save(tmp_path / "models" / name)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["fakes"].update(num_pairs=7, steps=3, batch_size=2)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MMDISCO_THREADS": "1", "PYTHONPATH": str(ROOT),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+           "-m", "mmdisco.cli", "sample-fakes", "--out", "data/fakes"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert proc.stdout.count("sample_fakes: 7 pairs") == 1 and "(2 process(es))" in proc.stdout
+    base_a, base_v = (load_base(tmp_path / "models" / n) for n in ("base_audio", "base_video"))
+    seed = stage_seed(params["seed"], "sample_fakes")
+    audio, video = fake_bank(base_a, base_v, num_pairs=7, steps=3, batch_size=2,
+                             eta=params["fakes"]["eta"], seed=seed)
+    out = tmp_path / "data" / "fakes"
+    assert torch.equal(load_tensors(out / "audio.safetensors")["latents"], audio)
+    assert torch.equal(load_tensors(out / "video.safetensors")["latents"], video)
+    assert read_json(out / "bank.json")["seeding"] == "per-item"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["fakes"]   # no temp or shard leftovers
+
+
+# --------------------------------------------------------------------------- DVC remote
+def test_dvc_local_remote_push_and_pull_round_trip(tmp_path):
+    repo, remote = tmp_path / "repo", tmp_path / "remote"
+    repo.mkdir()
+    git = ["git", "-c", "user.email=t@mmdisco.invalid", "-c", "user.name=t"]
+    run(["git", "init", "-q"], repo)
+    run(["dvc", "init", "-q"], repo)
+    (repo / "data").mkdir()
+    (repo / "data" / "latents.bin").write_bytes(os.urandom(4096))
+    (repo / "data" / "index.json").write_text('{"n": 1}\n')
+    run(["dvc", "add", "-q", "data"], repo)
+    run(["dvc", "remote", "add", "-d", "store", str(remote)], repo)
+    run(git + ["add", "-A"], repo)
+    run(git + ["commit", "-qm", "data"], repo)
+    want = (repo / "data" / "latents.bin").read_bytes()
+    run(["dvc", "push", "-q"], repo)
+    assert any(p.is_file() for p in remote.rglob("*"))
+    # a fresh clone's situation: neither the workspace copy nor the cache
+    shutil.rmtree(repo / "data")
+    shutil.rmtree(repo / ".dvc" / "cache")
+    run(["dvc", "pull", "-q"], repo)
+    assert (repo / "data" / "latents.bin").read_bytes() == want
+    assert (repo / "data" / "index.json").read_text() == '{"n": 1}\n'
