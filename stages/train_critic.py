@@ -13,15 +13,13 @@ import click
 import torch
 
 from mmdisco import distributed as dist
-from mmdisco import tracking
 from mmdisco.bases import load_base
 from mmdisco.bases.protocol import check_pair
 from mmdisco.config import to_dict
 from mmdisco.guidance.critic import Critic, train_critic
-from mmdisco.guidance.store import save_discriminator
-from mmdisco.io import atomic_path, load_tensors, remove_tree, write_json
+from mmdisco.io import load_tensors
 from stages.common import load, params_option, stage_seed, user_errors
-from stages.train_base import write_curve
+from stages.guides import curve_logger, save_guide, summarise
 
 
 @click.command("train-critic")
@@ -58,33 +56,12 @@ def main(params_path: Path, latents_dir: Path, audio_base: Path, video_base: Pat
                         width=cfg.width, time_dim=cfg.time_dim, dim=cfg.dim,
                         temperature=cfg.temperature)
     curve: list[dict] = []
+    log = curve_logger(curve)
     with dist.main_run("train_critic", {"seed": params.seed, "critic": to_dict(cfg)}) as run:
-        def log(step: int, stats: dict) -> None:
-            curve.append({"step": step, **{k: round(float(v), 6) for k, v in stats.items()}})
-            tracking.log_metrics(stats, step=step)
-
         summary = train_critic(critic, real_a=real_a, real_v=real_v,
                                alphas_a=base_a.alphas_cumprod(), alphas_v=base_v.alphas_cumprod(),
                                cfg=cfg, checkpoint_dir=checkpoints, seed=seed, log=log,
                                accelerator=accelerator)
-        if run is not None:   # the main process
-            summary["base_parameters"] = base_a.num_parameters() + base_v.num_parameters()
-            summary["parameter_ratio"] = summary["num_parameters"] / summary["base_parameters"]
-            summary["mlflow_run_id"] = run.info.run_id
-            tracking.log_metrics({"processes": dist.world_size(),
-                                  **{k: v for k, v in summary.items() if k != "resumed_from"}})
-    if not dist.is_main():
-        dist.barrier()
-        return
-    critic = critic.cpu()
-    with atomic_path(out) as tmp:
-        tmp.mkdir()
-        save_discriminator(critic, tmp)
-        write_json(tmp / "training.json", summary)
-    remove_tree(checkpoints)  # finished: nothing left to resume (never seen half-deleted)
-    write_curve(plot_path, curve)
-    write_json(metrics_path, summary)
-    click.echo(f"train_critic: {summary['steps']} steps, {summary['num_parameters']} parameters "
-               f"({100 * summary['parameter_ratio']:.1f}% of the bases), "
-               f"{summary['wall_s']:.1f} s ({dist.world_size()} process(es)) -> {out}")
-    dist.barrier()
+        summarise(summary, run, base_a, base_v)
+    save_guide("train_critic", critic, summary, curve, out=out, checkpoints=checkpoints,
+               plot_path=plot_path, metrics_path=metrics_path)

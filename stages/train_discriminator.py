@@ -12,15 +12,13 @@ import click
 import torch
 
 from mmdisco import distributed as dist
-from mmdisco import tracking
 from mmdisco.bases import load_base
 from mmdisco.config import to_dict
 from mmdisco.guidance.discriminator import Discriminator
-from mmdisco.guidance.store import save_discriminator
 from mmdisco.guidance.train import train_discriminator
-from mmdisco.io import atomic_path, load_tensors, remove_tree, write_json
+from mmdisco.io import load_tensors
 from stages.common import load, params_option, stage_seed, user_errors
-from stages.train_base import write_curve
+from stages.guides import curve_logger, save_guide, summarise
 
 
 @click.command("train-discriminator")
@@ -61,34 +59,13 @@ def main(params_path: Path, latents_dir: Path, fakes_dir: Path, audio_base: Path
         D = Discriminator(audio_shape=tuple(real_a.shape[1:]), video_shape=tuple(real_v.shape[1:]),
                           width=dcfg.width, time_dim=dcfg.time_dim, head_hidden=dcfg.head_hidden)
     curve: list[dict] = []
+    log = curve_logger(curve)
     run_params = {"seed": params.seed, "discriminator": to_dict(dcfg), "train": to_dict(params.train)}
     with dist.main_run("train_discriminator", run_params) as run:
-        def log(step: int, stats: dict) -> None:
-            curve.append({"step": step, **{k: round(float(v), 6) for k, v in stats.items()}})
-            tracking.log_metrics(stats, step=step)
-
         summary = train_discriminator(D, base_a, base_v, real_a=real_a, real_v=real_v,
                                       fake_a=fake_a, fake_v=fake_v, cfg=params.train,
                                       checkpoint_dir=checkpoints, seed=seed, log=log,
                                       accelerator=accelerator)
-        if run is not None:   # the main process
-            summary["base_parameters"] = base_a.num_parameters() + base_v.num_parameters()
-            summary["parameter_ratio"] = summary["num_parameters"] / summary["base_parameters"]
-            summary["mlflow_run_id"] = run.info.run_id
-            tracking.log_metrics({"processes": dist.world_size(),
-                                  **{k: v for k, v in summary.items() if k != "resumed_from"}})
-    if not dist.is_main():
-        dist.barrier()
-        return
-    D = D.cpu()
-    with atomic_path(out) as tmp:
-        tmp.mkdir()
-        save_discriminator(D, tmp)
-        write_json(tmp / "training.json", summary)
-    remove_tree(checkpoints)  # finished: nothing left to resume (never seen half-deleted)
-    write_curve(plot_path, curve)
-    write_json(metrics_path, summary)
-    click.echo(f"train_discriminator: {summary['steps']} steps, {summary['num_parameters']} "
-               f"parameters ({100 * summary['parameter_ratio']:.1f}% of the bases), "
-               f"{summary['wall_s']:.1f} s ({dist.world_size()} process(es)) -> {out}")
-    dist.barrier()
+        summarise(summary, run, base_a, base_v)
+    save_guide("train_discriminator", D, summary, curve, out=out, checkpoints=checkpoints,
+               plot_path=plot_path, metrics_path=metrics_path)
