@@ -128,7 +128,6 @@ class AudioEncoderConfig:
     n_fft: int = _opt(256, lo=16, hi=8192)
     frames: int = _opt(32, lo=4, hi=4096, doc="mel frames per clip (time axis T)")
     top_db: float = _opt(45.0, lo=10.0, hi=160.0, doc="dynamic range kept below the peak")
-    griffin_lim_iters: int = _opt(32, lo=1, hi=1000, doc="iterations to invert mel to sound")
     # pretrained kinds only (logmel ignores them)
     model: str | None = _opt(None, doc="audioldm: weights, a model id or a local folder holding "
                                        "vae/ and vocoder/")

@@ -2,18 +2,21 @@
 
 Encoding: power mel spectrogram (torchaudio), ``db = 10 log10(mel)``, clipped to
 ``[ref_db − top_db, ref_db]`` with ``ref_db`` the loudest value in the real clips (``fit``),
-then mapped linearly to [-1, 1]. Decoding: the inverse map, then inverse mel scale and
-Griffin-Lim phase recovery, good enough to listen to (the metrics read the mel directly).
+then mapped linearly to [-1, 1]. Decoding: the inverse map, then one sinusoid per spectral
+peak (``mmdisco.encoders.sines``: exact peak frequencies from the mel filters' geometry), so
+rendered tones keep their pitch (the metrics read the mel directly).
 """
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torchaudio
 from einops import rearrange
 
 from mmdisco.config import AudioEncoderConfig
+from mmdisco.encoders import sines
 
 _AMIN = 1e-10
 
@@ -47,14 +50,12 @@ class LogMelEncoder:
     def state(self) -> dict[str, Any]:
         return {"kind": self.kind, "ref_db": self.ref_db, "sample_rate": self.sample_rate,
                 "num_samples": self.num_samples, "n_mels": self.cfg.n_mels,
-                "n_fft": self.cfg.n_fft, "frames": self.cfg.frames, "top_db": self.cfg.top_db,
-                "griffin_lim_iters": self.cfg.griffin_lim_iters}
+                "n_fft": self.cfg.n_fft, "frames": self.cfg.frames, "top_db": self.cfg.top_db}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "LogMelEncoder":
         cfg = AudioEncoderConfig(n_mels=state["n_mels"], n_fft=state["n_fft"],
-                                 frames=state["frames"], top_db=state["top_db"],
-                                 griffin_lim_iters=state["griffin_lim_iters"])
+                                 frames=state["frames"], top_db=state["top_db"])
         return cls(cfg, sample_rate=state["sample_rate"], num_samples=state["num_samples"],
                    ref_db=state["ref_db"])
 
@@ -64,6 +65,11 @@ class LogMelEncoder:
             raise ValueError(f"audio clips must be float [N, L], got {tuple(clips.shape)}")
         mel = self._mel(clips.float())[..., : self.cfg.frames]  # [N, M, T]
         return 10.0 * torch.log10(mel.clamp_min(_AMIN))
+
+    def _analyse(self, waves):
+        """Mel power ``[N, T, M]`` of float waves, as ``encode`` sees them (numpy)."""
+        mel = self._mel(torch.from_numpy(np.asarray(waves, dtype=np.float32)))
+        return rearrange(mel[..., : self.cfg.frames], "n m t -> n t m").double().numpy()
 
     def encode(self, clips: torch.Tensor) -> torch.Tensor:
         if self.ref_db is None:
@@ -78,20 +84,20 @@ class LogMelEncoder:
         return (x - 1.0) / 2.0 * self.cfg.top_db + self.ref_db
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latent → waveform ``[N, L]`` by inverse mel scale and Griffin-Lim."""
-        mel = 10.0 ** (self.to_db(latents) / 10.0)  # power, [N, T, M]
-        mel = rearrange(mel, "n t m -> n m t")
-        inv = torchaudio.transforms.InverseMelScale(
-            n_stft=self.cfg.n_fft // 2 + 1, n_mels=self.cfg.n_mels, sample_rate=self.sample_rate)
-        gl = torchaudio.transforms.GriffinLim(
-            n_fft=self.cfg.n_fft, hop_length=self.hop_length, power=2.0,
-            n_iter=self.cfg.griffin_lim_iters, rand_init=False)
-        spec = inv(mel).clamp_min(0.0)
-        wave = gl(spec)
-        wave = torch.nn.functional.pad(wave, (0, max(0, self.num_samples - wave.shape[-1])))
-        wave = wave[..., : self.num_samples]
-        peak = wave.abs().amax(dim=-1, keepdim=True).clamp_min(1e-6)
-        return (wave / peak * 0.9).float()
+        """Latent → waveform ``[N, L]``: a sinusoid at every spectral peak (``sines``).
+
+        Power at the floor (where ``encode`` clipped) is silence. The level is the encoded one,
+        scaled down only where a clip would exceed ±0.99.
+        """
+        power = 10.0 ** (self.to_db(latents).double() / 10.0)  # [N, T, M]
+        floor = 10.0 ** ((self.ref_db - self.cfg.top_db) / 10.0)
+        above = (power - floor).clamp_min(0.0).numpy()
+        wave = torch.from_numpy(sines.render(
+            above, centres=sines.filter_centres(self.cfg.n_mels, 0.0, self.sample_rate / 2),
+            hop=self.hop_length, n_fft=self.cfg.n_fft, sample_rate=self.sample_rate,
+            num_samples=self.num_samples, analyse=self._analyse))
+        peak = wave.abs().amax(dim=-1, keepdim=True)
+        return (wave * (0.99 / peak.clamp_min(0.99))).float()
 
     def mel_frequencies(self) -> torch.Tensor:
         """Centre frequency (Hz) of each mel bin, for reading pitch off a spectrogram."""

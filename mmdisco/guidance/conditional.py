@@ -1,4 +1,4 @@
-"""Text-conditional discrimination and its classifier-free guidance (``method.md``, "Sampling").
+"""Text-conditional discrimination and its classifier-free guidance (``docs/method.md``, "Sampling").
 
 With text-conditional bases (AudioLDM, AnimateDiff) the residual that turns independent into
 joint sampling is conditional too: ``log r_t(a, v | c)``. Three pieces:
@@ -11,7 +11,7 @@ joint sampling is conditional too: ``log r_t(a, v | c)``. Three pieces:
   exactly the ``Discriminator`` it extends, whatever the condition. ``Discriminator`` itself is
   unchanged.
 - ``CFGGuide``: the sampler's ``D`` (``forward(a, v, t)``), combining conditional and
-  unconditional residuals with each base's own CFG weight, as ``method.md`` asks:
+  unconditional residuals with each base's own CFG weight, as ``docs/method.md`` asks:
       r^m = r_u^m + w_m (r_c^m − r_u^m),   r = −σ_t^m ∇_{x^m} logit
   i.e. the input gradient of ``logit_u + w_m (logit_c − logit_u)`` with respect to modality
   ``m``. With ``w_a ≠ w_v`` one scalar cannot have both gradients, so the guide feeds each input

@@ -1,6 +1,6 @@
 """A contrastive critic: the alignment (pointwise mutual information) part of the residual.
 
-``method.md`` ("Decomposing the residual") splits the discriminator's target
+``docs/method.md`` ("Decomposing the residual") splits the discriminator's target
 
     log r_t = log q_t(a, v) / (q_t^A(a) q_t^V(v))  +  Σ_m log q_t^m / p_t^m
 

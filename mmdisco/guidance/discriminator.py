@@ -1,6 +1,6 @@
 """The joint discriminator ``D(a_t, v_t, t)`` over noisy latents, and its input gradients.
 
-Notation (see ``method.md``): ``logit D = log r_t`` at the optimum, with
+Notation (see ``docs/method.md``): ``logit D = log r_t`` at the optimum, with
 ``r_t = q_t(a, v) / (p_t^A(a) p_t^V(v))``; the sampler adds the residual
 ``r^m = −σ_t^m ∇_{x_t^m} logit D`` to each base model's ε prediction.
 

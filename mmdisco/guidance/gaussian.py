@@ -1,4 +1,4 @@
-"""The analytic Gaussian world of ``method.md``: every quantity of the method in closed form.
+"""The analytic Gaussian world of ``docs/method.md``: every quantity of the method in closed form.
 
 ``(a, v) ∈ R^{da} × R^{dv}`` is jointly Gaussian, ``N(0, Σ)`` with ``Σ = [[S_a, C], [Cᵀ, S_v]]``.
 Each modality is noised with its own schedule, ``x_t^m = sqrt(ᾱ_t^m) x_0^m + σ_t^m ε``, so

@@ -1,4 +1,4 @@
-"""The discriminator's training loss ``L = L_D + λ · L_DSM`` (``method.md``, "Training objective").
+"""The discriminator's training loss ``L = L_D + λ · L_DSM`` (``docs/method.md``, "Training objective").
 
 Notation: per modality ``x_t = sqrt(ᾱ_t) x_0 + σ_t ε`` with each base model's own ``ᾱ``;
 ``L_D`` is binary cross-entropy on logits (real pairs → 1, fake pairs → 0); ``L_DSM`` asks the

@@ -1,4 +1,4 @@
-"""Joint sampling of two frozen base models guided by a discriminator (``method.md``, "Sampling").
+"""Joint sampling of two frozen base models guided by a discriminator (``docs/method.md``, "Sampling").
 
 Notation: at each shared timestep ``t`` the guided noise prediction of modality ``m`` is
 ``ε̂^m = ε_m(x_t^m, t) + s_m r^m`` with the residual ``r^m = −σ_t^m ∇_{x_t^m} logit D``.

@@ -1,0 +1,30 @@
+"""How tonal a rendered sound is: the share of its energy that sits at the world's pitches.
+
+Measured on waveforms (decoded media files), not on latents, so that a broken renderer shows
+up even when every latent-level metric looks perfect. For each clip: the power spectrum of
+the whole clip (Hann window, one FFT), restricted to frequencies above ``min_hz`` (below it
+lie hum and DC, which the world never makes); the figure is the fraction of that power
+within ``±tol`` (relative) of a class pitch or of its second harmonic. Real files of the
+embedded world score about 0.99; noise scores about the fraction of the band the windows
+cover.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def pitch_energy_fraction(waves: np.ndarray, sample_rate: int, pitches, *, tol: float = 0.04,
+                          min_hz: float = 200.0) -> np.ndarray:
+    """Per clip of ``waves`` ``[N, L]``: power within ``±tol`` of a pitch or 2× pitch, over all
+    power above ``min_hz``. A silent clip gives NaN."""
+    waves = np.atleast_2d(np.asarray(waves, dtype=np.float64))
+    n = waves.shape[-1]
+    spec = np.abs(np.fft.rfft(waves * np.hanning(n), axis=-1)) ** 2
+    freqs = np.fft.rfftfreq(n, 1.0 / sample_rate)
+    targets = np.concatenate([np.asarray(pitches, float), 2 * np.asarray(pitches, float)])
+    near = (np.abs(freqs[:, None] - targets) <= tol * targets).any(-1)
+    band = freqs >= min_hz
+    total = spec[:, band].sum(-1)
+    on = spec[:, band & near].sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, on / total, np.nan)
