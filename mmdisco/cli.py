@@ -1,14 +1,39 @@
 """The `mmdisco` command: one subcommand per pipeline stage (what `dvc.yaml` runs)."""
 from __future__ import annotations
 
+import importlib
+
 import click
 
-from mmdisco.eval import av_align, report
-from stages import (acquire, encode, evaluate, extract_clips, sample, sample_fakes, train_base,
-                    train_critic, train_discriminator)
+# subcommand -> module whose ``main`` it is. Imported only when that subcommand runs (or for
+# --help): a stage pays for its own imports, not for torch, diffusers and mlflow of all others.
+COMMANDS = {
+    "acquire": "stages.acquire", "extract-clips": "stages.extract_clips",
+    "encode": "stages.encode", "train-base": "stages.train_base",
+    "sample-fakes": "stages.sample_fakes", "train-discriminator": "stages.train_discriminator",
+    "train-critic": "stages.train_critic", "sample": "stages.sample",
+    "evaluate": "stages.evaluate", "av-align": "mmdisco.eval.av_align",
+    "report": "mmdisco.eval.report",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        command = importlib.import_module(COMMANDS[name]).main
+        if command.name != name:
+            raise RuntimeError(f"{COMMANDS[name]}.main is the command {command.name!r}, "
+                               f"not {name!r}: fix mmdisco.cli.COMMANDS")
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mmdisco")
 @click.option("--threads", type=click.IntRange(min=1), envvar="MMDISCO_THREADS", default=None,
               help="torch CPU threads [env MMDISCO_THREADS; default: torch's own choice]. "
@@ -25,12 +50,6 @@ def main(threads: int | None) -> None:
 
         torch.set_num_threads(threads)
 
-
-for _module in (acquire, extract_clips, encode, train_base, sample_fakes, train_discriminator,
-                train_critic, sample, evaluate):
-    main.add_command(_module.main)
-main.add_command(av_align.main)
-main.add_command(report.main)
 
 if __name__ == "__main__":
     main()

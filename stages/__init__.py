@@ -1,0 +1,1 @@
+"""The DVC stages, one click command each (also `mmdisco STAGE`)."""

@@ -33,7 +33,29 @@ def subsample(n: int, max_pairs: int, seed: int) -> torch.Tensor:
 
 
 SWEEP_METRICS = ("validity_audio", "validity_video", "semantic_agreement", "temporal_f1",
-                 "aligned_fraction")
+                 "aligned_fraction", "class_balance_audio", "class_balance_video", "fd_audio",
+                 "fd_video")
+# what `dvc exp show` lists per experiment (metrics/headline.json): alignment beside what it may
+# cost (validity, class balance, Fréchet distances) and how tonal the rendered mp4s are
+HEADLINE = SWEEP_METRICS + ("tonal_fraction",)
+
+
+def headline(report: dict) -> dict:
+    """The baseline and guided sections cut to ``HEADLINE`` (``eval.json`` has everything)."""
+    return {name: {k: report[name].get(k) for k in HEADLINE} for name in SETS if name in report}
+
+
+def add_tonality(report: dict, samples_dir: Path, num_classes: int) -> None:
+    """Share of each set's rendered sound (its mp4 files, decoded) at the class pitches."""
+    from mmdisco.data.synth import class_pitches
+    from mmdisco.eval.tonality import media_pitch_fraction
+
+    for name in SETS:
+        files = sorted((samples_dir / name / "media").glob("*.mp4"))
+        fraction = media_pitch_fraction(files, class_pitches(num_classes)) if files else None
+        ok = fraction[np.isfinite(fraction)] if fraction is not None else np.zeros(0)
+        report[name]["tonal_fraction"] = round(float(ok.mean()), 4) if len(ok) else None
+        report[name]["tonal_fraction_n"] = int(len(ok))
 
 
 def write_sweep_row(path: Path, params, report: dict) -> None:
@@ -95,12 +117,14 @@ def add_frechet(report: dict, real: tuple[np.ndarray, np.ndarray],
               default=None, help="output of `sample` (adds the baseline and guided sections)")
 @click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=Path),
               default="metrics/eval.json", show_default=True)
+@click.option("--headline", "headline_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="the headline metrics of the baseline and guided sets")
 @click.option("--sweep-plot", "sweep_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="CSV row of guidance params and guided/baseline metrics, for "
                                  "`dvc plots diff` across experiments")
 @user_errors
 def main(params_path: Path, clips_dir: Path, latents_dir: Path, samples_dir: Path | None,
-         metrics_path: Path, sweep_path: Path | None) -> None:
+         metrics_path: Path, headline_path: Path | None, sweep_path: Path | None) -> None:
     """Score real, shuffled, baseline and guided pairs with the ground-truth decoders (eval.*)."""
     from mmdisco.eval.metrics import evaluate_clips
 
@@ -132,7 +156,10 @@ def main(params_path: Path, clips_dir: Path, latents_dir: Path, samples_dir: Pat
             decoded[name] = (pixels.decode(v[keep]).numpy(), mel.to_db(a[keep]).numpy())
             report[name] = evaluate_clips(*decoded[name], shuffle=False, **common)
         add_frechet(report, (videos, mel_db), decoded, seed)
+        add_tonality(report, samples_dir, params.data.synth.num_classes)
     write_json(metrics_path, report)
+    if headline_path is not None and samples_dir is not None:
+        write_json(headline_path, headline(report))
     if sweep_path is not None and samples_dir is not None:
         write_sweep_row(sweep_path, params, report)
     click.echo(f"evaluate: {len(report)} sets in {timer.seconds} s -> {metrics_path}")
@@ -140,7 +167,8 @@ def main(params_path: Path, clips_dir: Path, latents_dir: Path, samples_dir: Pat
         fd = (f"  FD a/v {m['fd_audio']:.3f}/{m['fd_video']:.3f}" if "fd_audio" in m else "")
         click.echo(f"  {section:9s} semantic {m['semantic_agreement'] or 0:.3f}  temporal_f1 "
                    f"{m['temporal_f1'] or 0:.3f}  aligned {m['aligned_fraction']:.3f}  "
-                   f"validity a/v {m['validity_audio']:.3f}/{m['validity_video']:.3f}{fd}")
+                   f"validity a/v {m['validity_audio']:.3f}/{m['validity_video']:.3f}  "
+                   f"balance a/v {m['class_balance_audio']:.3f}/{m['class_balance_video']:.3f}{fd}")
     # 3. one MLflow run that carries everything needed to compare experiments
     with tracking.stage_run("evaluate", to_dict(params)):
         import mlflow
@@ -149,12 +177,11 @@ def main(params_path: Path, clips_dir: Path, latents_dir: Path, samples_dir: Pat
             tracking.log_metrics(m, prefix=f"{section}.")
         mlflow.log_artifact(str(metrics_path))
         if samples_dir is not None:
-            provenance = samples_dir / "provenance.json"
-            if provenance.is_file():
-                mlflow.set_tags({f"mmdisco.run.{k}": str(v)
-                                 for k, v in read_json(provenance).items()})
             for name in SETS:
                 folder = samples_dir / name
+                if (folder / "provenance.json").is_file():
+                    mlflow.set_tags({f"mmdisco.run.{k}": str(v)
+                                     for k, v in read_json(folder / "provenance.json").items()})
                 if (folder / "sheet.png").is_file():
                     mlflow.log_artifact(str(folder / "sheet.png"), artifact_path=name)
                 if (folder / "media").is_dir():

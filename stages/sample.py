@@ -1,8 +1,10 @@
-"""Stage `sample`: guided joint samples and their paired independent baseline.
+"""Stages `sample` and `sample_baseline`: guided joint samples, and the independent baseline.
 
-Both sets draw the same noise (per-item seeds: pair ``i`` has its own generators, the same in
-both sets), so each guided pair has a baseline twin that differs only by the guidance. Writes
-latents, mp4 files with sound, a contact sheet per set and the cost of base vs guidance passes.
+One command, two sets (``--set guided|baseline``), each its own DVC stage so that an
+experiment on ``guidance.*`` reruns only the guided set. Both sets draw the same noise
+(per-item seeds: pair ``i`` has its own generators, the same in both sets), so each guided
+pair has a baseline twin that differs only by the guidance. Writes latents, mp4 files with
+sound, a contact sheet and the cost of base vs guidance passes.
 Launched with several processes (`docs/scaling.md`) each samples its share of the batches; the
 main process gathers them in item order and writes the same files as one process would.
 """
@@ -45,17 +47,48 @@ def sharded_joint(base_a, base_v, D, *, num_samples: int, batch_size: int, seed:
 
 
 def per_pass_cost(timing: dict) -> dict:
-    """Seconds per base pass and per guidance pass (forward + input gradient of D)."""
+    """Seconds per base pass and per guidance pass (forward + input gradient of a guide) and,
+    when guided, the cost of a guided step over an unguided one, all from ONE run's timings:
+    a step is 2 base passes (+ one pass per guiding module when guided)."""
     out = {"total_s": round(timing["total_s"], 3),
            "base_pass_s": timing["base_s"] / max(timing["base_passes"], 1),
            "base_passes": timing["base_passes"], "guidance_passes": timing["guidance_passes"]}
     if timing["guidance_passes"]:
         out["guidance_pass_s"] = timing["guidance_s"] / timing["guidance_passes"]
+        per_step = timing["guidance_passes"] / (timing["base_passes"] / 2)
+        out["guided_step_cost_ratio"] = (2 * out["base_pass_s"] + per_step * out["guidance_pass_s"]
+                                         ) / (2 * out["base_pass_s"])
     return out
+
+
+def write_set(folder: Path, a: torch.Tensor, v: torch.Tensor, *, encoders: dict, media: int,
+              name: str) -> None:
+    """Latents, the first ``media`` pairs as mp4 with sound, and a contact sheet."""
+    folder.mkdir()
+    save_tensors(folder / "audio.safetensors", {"latents": a})
+    save_tensors(folder / "video.safetensors", {"latents": v})
+    k = min(media, len(a))
+    if k:
+        mel, pixels = encoder_from_state(encoders["audio"]), encoder_from_state(encoders["video"])
+        videos, mel_db = pixels.decode(v[:k]).numpy(), mel.to_db(a[:k]).numpy()
+        with torch.no_grad():
+            sound = mel.decode(a[:k]).numpy()
+        write_pairs(folder / "media", videos, sound, fps=encoders["fps"],
+                    sample_rate=encoders["sample_rate"], prefix=name)
+        save_png(folder / "sheet.png", contact_sheet(videos, mel_db))
+
+
+def _run_ids(folders: dict[str, Path]) -> dict[str, str | None]:
+    """MLflow run id of the stage that trained each model folder (None if not recorded)."""
+    return {name: (read_json(f / "training.json").get("mlflow_run_id")
+                   if (f / "training.json").is_file() else None) for name, f in folders.items()}
 
 
 @click.command("sample")
 @params_option
+@click.option("--set", "which", type=click.Choice(["guided", "baseline"]), default="guided",
+              show_default=True, help="baseline: the bases sampled independently (guidance off; "
+                                      "a change of guidance.* does not rerun it)")
 @click.option("--latents", "latents_dir", type=click.Path(file_okay=False, path_type=Path),
               default="data/latents", show_default=True, help="for the encoders' normalisation")
 @click.option("--audio-base", type=click.Path(file_okay=False, path_type=Path),
@@ -63,81 +96,59 @@ def per_pass_cost(timing: dict) -> dict:
 @click.option("--video-base", type=click.Path(file_okay=False, path_type=Path),
               default="models/base_video", show_default=True)
 @click.option("--discriminator", type=click.Path(file_okay=False, path_type=Path),
-              default="models/discriminator", show_default=True)
+              default="models/discriminator", show_default=True, help="guided only")
 @click.option("--critic", type=click.Path(file_okay=False, path_type=Path),
               default="models/critic", show_default=True,
-              help="contrastive critic; loaded only when guidance.critic_weight > 0")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="data/samples",
-              show_default=True)
+              help="contrastive critic; loaded only when guided and guidance.critic_weight > 0")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="[default: data/samples/<set>]")
 @click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=Path),
-              default="metrics/sample.json", show_default=True)
+              default=None, help="[default: metrics/sample.json, metrics/sample_baseline.json]")
 @user_errors
-def main(params_path: Path, latents_dir: Path, audio_base: Path, video_base: Path,
-         discriminator: Path, critic: Path, out: Path, metrics_path: Path) -> None:
-    """Sample guided pairs and the paired baseline from the same noise (guidance.*, sample.*)."""
+def main(params_path: Path, which: str, latents_dir: Path, audio_base: Path, video_base: Path,
+         discriminator: Path, critic: Path, out: Path | None, metrics_path: Path | None) -> None:
+    """Sample guided pairs, or the independent baseline from the same noise (guidance.*,
+    sample.*)."""
     params = load(params_path)
     cfg, g = params.sample, params.guidance
+    out = out or Path("data/samples") / which
+    guided = which == "guided"
+    metrics_path = metrics_path or Path("metrics/sample.json" if guided else
+                                        "metrics/sample_baseline.json")
     device = dist.device()
     base_a, base_v = (dist.to_device(load_base(b), device) for b in (audio_base, video_base))
-    D = dist.to_device(load_discriminator(discriminator), device)
-    c_a, c_v = g.critic_scales
-    C = dist.to_device(load_discriminator(critic), device) if (c_a or c_v) else None
+    folders = {"audio_base": audio_base, "video_base": video_base}
+    D = C = None
+    (s_a, s_v), (c_a, c_v) = (g.scales, g.critic_scales) if guided else ((0.0, 0.0), (0.0, 0.0))
+    if guided:
+        D = dist.to_device(load_discriminator(discriminator), device)
+        folders["discriminator"] = discriminator
+        if c_a or c_v:
+            C = dist.to_device(load_discriminator(critic), device)
+            folders["critic"] = critic
     enc = read_json(latents_dir / "encoders.json")
-    mel, pixels = encoder_from_state(enc["audio"]), encoder_from_state(enc["video"])
-    seed = stage_seed(params.seed, "sample")
-    common = dict(num_samples=cfg.num_samples, steps=cfg.steps, kind=cfg.kind, eta=cfg.eta,
-                  batch_size=cfg.batch_size, seed=seed)
-    sets = {"baseline": (0.0, 0.0), "guided": g.scales}
-    report, provenance = {}, {}
-    folders = {"audio_base": audio_base, "video_base": video_base, "discriminator": discriminator}
-    if C is not None:
-        folders["critic"] = critic
-    for name, folder in folders.items():
-        training = folder / "training.json"
-        provenance[name] = read_json(training).get("mlflow_run_id") if training.is_file() else None
-    results = {}
-    for name, (s_a, s_v) in sets.items():
-        guided = name == "guided"
-        results[name] = sharded_joint(base_a, base_v, D if guided else None,
-                                      scale_a=s_a, scale_v=s_v,
-                                      critic=C if guided else None, critic_scales=(c_a, c_v),
-                                      restarts=g.restarts, restart_steps=g.restart_steps, **common)
+    # one seed for both sets: pair i of the baseline and of the guided set start from the
+    # same noise, so each guided pair has a baseline twin
+    a, v, timing = sharded_joint(base_a, base_v, D, scale_a=s_a, scale_v=s_v, critic=C,
+                                 critic_scales=(c_a, c_v), restarts=g.restarts if guided else 0,
+                                 restart_steps=g.restart_steps, num_samples=cfg.num_samples,
+                                 steps=cfg.steps, kind=cfg.kind, eta=cfg.eta,
+                                 batch_size=cfg.batch_size,
+                                 seed=stage_seed(params.seed, "sample"))
     if not dist.is_main():   # the main process writes everything
         dist.barrier()
         return
+    report = {"scale_audio": s_a, "scale_video": s_v, "critic_scale_audio": c_a,
+              "critic_scale_video": c_v, **per_pass_cost(timing)}
     with atomic_path(out) as tmp:
-        tmp.mkdir()
-        for name, (s_a, s_v) in sets.items():
-            a, v, timing = results[name]
-            folder = tmp / name
-            folder.mkdir()
-            save_tensors(folder / "audio.safetensors", {"latents": a})
-            save_tensors(folder / "video.safetensors", {"latents": v})
-            k = min(cfg.media, cfg.num_samples)
-            if k:
-                videos, mel_db = pixels.decode(v[:k]).numpy(), mel.to_db(a[:k]).numpy()
-                with torch.no_grad():
-                    sound = mel.decode(a[:k]).numpy()
-                write_pairs(folder / "media", videos, sound, fps=enc["fps"],
-                            sample_rate=enc["sample_rate"], prefix=name)
-                save_png(folder / "sheet.png", contact_sheet(videos, mel_db))
-            report[name] = {"scale_audio": s_a, "scale_video": s_v, **per_pass_cost(timing)}
-        base_pass = report["baseline"]["base_pass_s"]
-        guided = report["guided"]
-        guided["critic_scale_audio"], guided["critic_scale_video"] = c_a, c_v
-        if "guidance_pass_s" in guided:
-            # a step = 2 base passes (+ one pass per guiding module when guided)
-            per_step = guided["guidance_passes"] / (guided["base_passes"] / 2)
-            guided["guided_step_cost_ratio"] = (
-                (2 * base_pass + per_step * guided["guidance_pass_s"]) / (2 * base_pass))
-        guided["sampling_time_ratio"] = guided["total_s"] / report["baseline"]["total_s"]
-        write_json(tmp / "provenance.json", provenance)
+        write_set(tmp, a, v, encoders=enc, media=cfg.media, name=which)
+        write_json(tmp / "provenance.json", _run_ids(folders))
     write_json(metrics_path, report)
-    click.echo(f"sample: {cfg.num_samples} guided + {cfg.num_samples} baseline pairs "
-               f"(s_a={sets['guided'][0]}, s_v={sets['guided'][1]}) in "
-               f"{report['baseline']['total_s'] + report['guided']['total_s']:.1f} s -> {out}")
-    with tracking.stage_run("sample", {"seed": params.seed, "guidance": to_dict(g),
-                                       "sample": to_dict(cfg)}):
+    click.echo(f"sample: {cfg.num_samples} {which} pairs (s_a={s_a}, s_v={s_v}) in "
+               f"{report['total_s']:.1f} s -> {out}")
+    logged = {"seed": params.seed, "sample": to_dict(cfg), "set": which}
+    with tracking.stage_run("sample" if guided else "sample_baseline",
+                            {**logged, **({"guidance": to_dict(g)} if guided else {})}):
         tracking.log_metrics(report)
         tracking.log_metrics({"processes": dist.world_size()})
     dist.barrier()

@@ -2,8 +2,8 @@
 project files that running the stage imports.
 
 Pure static analysis with `ast`, nothing is imported: a stage's `cmd` (`mmdisco NAME ...`)
-names a click subcommand; the module defining it is found among the project modules that
-`mmdisco/cli.py` imports; its import closure follows absolute, relative and lazy (in-function)
+names a click subcommand; the module defining it is looked up in the `COMMANDS` table of
+`mmdisco/cli.py`; the closure of both (the command runs `mmdisco/cli.py` first) follows absolute, relative and lazy (in-function)
 imports, plus the `__init__.py` of every package on the way (importing `a.b.c` runs `a` and
 `a.b` first). Only files under `mmdisco/` and `stages/` count.
 """
@@ -108,9 +108,17 @@ def click_commands(path: Path) -> set[str]:
 
 @cache
 def cli_commands() -> dict[str, str]:
-    """Subcommand name -> module defining it, over the project modules `mmdisco/cli.py` imports."""
-    modules = [name for name in imported_names(module_file(CLI)) if module_file(name)]
-    return {command: name for name in modules for command in click_commands(module_file(name))}
+    """Subcommand name -> module defining it: the ``COMMANDS`` table of `mmdisco/cli.py` (the
+    group imports a subcommand's module when it runs), checked against the click command names
+    that each module defines."""
+    tree = parse(module_file(CLI))
+    table = next(node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                 and any(isinstance(t, ast.Name) and t.id == "COMMANDS" for t in node.targets))
+    commands = ast.literal_eval(table)
+    for command, name in commands.items():
+        assert module_file(name) and command in click_commands(module_file(name)), \
+            f"{CLI}.COMMANDS maps {command!r} to {name}, which defines no such click command"
+    return commands
 
 
 def entry_module(stage: str) -> str:
@@ -121,6 +129,11 @@ def entry_module(stage: str) -> str:
     assert words[:1] == ["mmdisco"] and names, \
         f"stage {stage!r}: cmd {cmd!r} runs no `mmdisco` subcommand of {CLI}"
     return cli_commands()[names[0]]
+
+
+def stage_files(stage: str) -> set[str]:
+    """What running the stage imports: the `mmdisco` command itself, then the subcommand's module."""
+    return closure(CLI) | closure(entry_module(stage))
 
 
 def code_deps(stage: str) -> list[str]:
@@ -144,14 +157,14 @@ def python_files(dep: str) -> set[str]:
 @pytest.mark.parametrize("stage", STAGES)
 def test_deps_cover_every_imported_file(stage):
     deps = code_deps(stage)
-    missing = sorted(f for f in closure(entry_module(stage)) if not any(covers(d, f) for d in deps))
+    missing = sorted(f for f in stage_files(stage) if not any(covers(d, f) for d in deps))
     assert not missing, (f"stage {stage!r} imports files that are not among its deps in dvc.yaml "
                          f"(a change there would not rerun it): {', '.join(missing)}")
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_code_deps_are_only_imported_files(stage):
-    files = closure(entry_module(stage))
+    files = stage_files(stage)
     problems = []
     for dep in code_deps(stage):
         outside = sorted(python_files(dep) - files)

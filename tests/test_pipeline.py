@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from mmdisco.testing import run
 
 STAGES = ("acquire", "extract_clips", "encode", "train_base_audio", "train_base_video",
-          "sample_fakes", "train_discriminator", "train_critic", "sample", "evaluate")
+          "sample_fakes", "train_discriminator", "train_critic", "sample_baseline", "sample",
+          "evaluate")
 
 SMALL = {
     "data.synth.num_files": 24,
@@ -74,10 +75,12 @@ def test_dvc_repro_runs_the_pipeline_and_is_cached(project):
             == (6, 8, 3, 16, 16)
         assert len(list((proj / f"data/samples/{name}/media").glob("*.mp4"))) == 2
         assert (proj / f"data/samples/{name}/sheet.png").stat().st_size > 0
-    cost = json.loads((proj / "metrics/sample.json").read_text())
-    assert cost["guided"]["guidance_pass_s"] > 0 and cost["baseline"]["base_pass_s"] > 0
+    guided = json.loads((proj / "metrics/sample.json").read_text())
+    baseline = json.loads((proj / "metrics/sample_baseline.json").read_text())
+    assert guided["guidance_pass_s"] > 0 and baseline["base_pass_s"] > 0
+    assert guided["guided_step_cost_ratio"] > 1      # measured within the guided run alone
     # the default guides with the discriminator and the critic: two guidance passes per step
-    assert cost["guided"]["guidance_passes"] == 2 * 3 and cost["baseline"]["guidance_passes"] == 0
+    assert guided["guidance_passes"] == 2 * 3 and baseline["guidance_passes"] == 0
 
     # evaluate: real pairs at the ceiling, shuffled far below, samples scored
     report = json.loads((proj / "metrics/eval.json").read_text())
@@ -94,6 +97,14 @@ def test_dvc_repro_runs_the_pipeline_and_is_cached(project):
     for name in ("baseline", "guided"):   # Fréchet distances to real clips of the same count
         assert report[name]["fd_audio"] >= 0 and report[name]["fd_video"] >= 0
         assert report[name]["fd_pairs"] == 6
+        assert report[name]["tonal_fraction_n"] == 2     # read off the two mp4s
+        assert 0 <= report[name]["tonal_fraction"] <= 1
+    # the headline metrics dvc exp show lists: alignment beside balance, FD and tonality
+    headline = json.loads((proj / "metrics/headline.json").read_text())
+    assert set(headline) == {"baseline", "guided"}
+    assert {"aligned_fraction", "class_balance_audio", "class_balance_video", "fd_audio",
+            "fd_video", "tonal_fraction"} <= set(headline["guided"])
+    assert headline["guided"]["fd_audio"] == report["guided"]["fd_audio"]
 
     # one MLflow run per executed stage, tagged, with params; evaluate links the training runs
     db = sqlite3.connect(proj / "mlflow.db")
@@ -125,6 +136,8 @@ def test_dvc_repro_runs_the_pipeline_and_is_cached(project):
     scales = [r["data"]["params"]["params.yaml"]["data"]["guidance"]["scale"]
               for e in exps for r in e["revs"]]
     assert 2 in scales, shown
+    columns = [r["data"]["metrics"]["metrics/headline.json"]["data"] for e in exps for r in e["revs"]]
+    assert all("class_balance_audio" in c["guided"] and "fd_audio" in c["guided"] for c in columns)
     # the sweep plot reads each experiment's plots/sweep.csv: one point per scale
     names = run(["dvc", "exp", "ls", "--name-only"], proj).stdout.split()
     assert names, "no experiment listed"

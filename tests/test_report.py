@@ -43,3 +43,14 @@ def test_command_reads_files_and_names_bad_ones(tmp_path):
     (tmp_path / "other.json").write_text("[1, 2]")
     other = CliRunner().invoke(main, [str(tmp_path / "other.json")])
     assert other.exit_code != 0 and "not an evaluate report" in other.output
+
+
+def test_default_table_shows_balance_and_frechet_beside_alignment(tmp_path):
+    """A collapse onto a few classes, or a worse FD, cannot hide behind semantic agreement."""
+    collapsed = {**SECTION, "class_balance_audio": 0.61, "class_balance_video": 0.59,
+                 "fd_audio": 4.638, "fd_video": 1.504}
+    (tmp_path / "eval.json").write_text(json.dumps({"guided": collapsed}))
+    out = CliRunner().invoke(main, [str(tmp_path / "eval.json")])
+    head, _, row = out.output.strip().splitlines()
+    assert "balance audio | balance video | FD audio | FD video |" in head
+    assert row.endswith("| 0.610 | 0.590 | 4.638 | 1.504 |")

@@ -1,0 +1,1 @@
+"""Data: the embedded synthetic world, media files, clip extraction, dataset downloads."""

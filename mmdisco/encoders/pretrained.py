@@ -33,7 +33,7 @@ import torch.nn.functional as F
 import torchaudio
 from einops import rearrange
 
-from mmdisco.bases.pretrained import dtype_name, resolve_device, resolve_dtype
+from mmdisco.devices import dtype_name, resolve_device, resolve_dtype
 
 FILTER_LENGTH = 1024        # AudioLDM's STFT size and window (16 kHz audio)
 LOG_FLOOR = 1e-5            # AudioLDM's dynamic range compression: log(clamp(x, 1e-5))

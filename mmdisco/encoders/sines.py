@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-RISE_SAMPLES = 16  # length of an onset's raised-cosine rise, samples (2 ms at 8 kHz)
+RISE_SAMPLES = 32  # length of an onset's raised-cosine rise, samples (4 ms at 8 kHz, the world's attack)
 _CHUNK = 256       # oscillators rendered at once (bounds memory: chunk × samples floats)
 
 

@@ -1,0 +1,1 @@
+"""Evaluation: ground-truth decoders and metrics, Fréchet distances, AV-Align, tonality, reports."""

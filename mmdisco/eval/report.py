@@ -14,12 +14,17 @@ from pathlib import Path
 import click
 
 SECTIONS = ("real", "shuffled", "baseline", "guided")
+# alignment beside what it may cost: validity, class balance (a collapse onto a few classes
+# shows here) and the Fréchet distances to real clips
 COLUMNS = ("validity_audio", "validity_video", "semantic_agreement", "temporal_f1",
-           "aligned_fraction", "fd_audio", "fd_video")
+           "aligned_fraction", "class_balance_audio", "class_balance_video", "fd_audio",
+           "fd_video")
 TITLES = {"validity_audio": "valid audio", "validity_video": "valid video",
           "semantic_agreement": "semantic", "temporal_f1": "temporal F1",
           "aligned_fraction": "aligned", "fd_audio": "FD audio", "fd_video": "FD video",
-          "temporal_f1_tol1": "temporal F1 ±1", "validity_both": "valid both"}
+          "temporal_f1_tol1": "temporal F1 ±1", "validity_both": "valid both",
+          "class_balance_audio": "balance audio", "class_balance_video": "balance video",
+          "tonal_fraction": "tonal (mp4)"}
 WITH_INTERVAL = {"semantic_agreement", "temporal_f1", "aligned_fraction"}
 
 

@@ -28,3 +28,29 @@ def pitch_energy_fraction(waves: np.ndarray, sample_rate: int, pitches, *, tol: 
     on = spec[:, band & near].sum(-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, on / total, np.nan)
+
+
+def read_sound(path, *, seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """A media file's first audio stream as mono float ``[L]`` at its own rate (PyAV), cut to
+    ``seconds`` when given: what a player would play."""
+    import av
+
+    to_mono = av.AudioResampler(format="fltp", layout="mono")
+    with av.open(str(path)) as src:
+        if not src.streams.audio:
+            raise ValueError(f"{path}: no audio stream")
+        stream = src.streams.audio[0]
+        rate = stream.codec_context.sample_rate
+        chunks = [f.to_ndarray()[0] for frame in src.decode(stream)
+                  for f in to_mono.resample(frame)]
+    wave = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    return (wave[: round(seconds * rate)] if seconds else wave), rate
+
+
+def media_pitch_fraction(paths, pitches, **kw) -> np.ndarray:
+    """``pitch_energy_fraction`` of each media file's sound, decoded from the file."""
+    out = []
+    for p in paths:
+        wave, rate = read_sound(p)
+        out.append(pitch_energy_fraction(wave[None], rate, pitches, **kw)[0])
+    return np.asarray(out, dtype=np.float64)
