@@ -10,7 +10,9 @@ What is shared between processes, and how:
 - work is split by ``shard`` (items, contiguous) or ``batch_shard`` (whole batches of a batching
   fixed by the caller, strided over ranks). Splitting whole batches keeps every batch the same
   tensor computation whatever the process count, so sampling with per-item seeds gives
-  bit-identical outputs with 1 or N processes on the same hardware;
+  bit-identical outputs with 1 or N processes for the same batch size, on the same hardware
+  and thread count. A different batch size changes the batches' shapes, hence the summation
+  order of batched kernels: the same samples up to float rounding, not the same bits;
 - results come back by a COLLECTIVE gather (``gather_items``: ``accelerate.utils.gather``, i.e.
   ``torch.distributed.all_gather``, of rows padded to the longest shard, plus their item
   indices), so every rank ends up with the whole result in item order. No shard files: nothing

@@ -31,7 +31,6 @@ EVENT_S = 1.5          # nominal flash and click time (video time)
 FLASH_S = 0.25         # how long the flash stays on (longer than one output frame)
 DARK, BRIGHT = 20, 235
 LONG_SECONDS = 600     # the long file: 10 minutes
-STAGE_SUFFIXES = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".ts"}  # all that `acquire` scans
 
 
 @dataclass(frozen=True)
@@ -66,8 +65,9 @@ class Entry:
 
     @property
     def in_stage(self) -> bool:
-        """True when `acquire` (data.source: folder) lists the file."""
-        return self.regular and Path(self.name).suffix in STAGE_SUFFIXES
+        """True when `acquire` (data.source: folder) lists the file: every regular file, with
+        no suffix filter (a named pipe it skips unopened; a folder it searches)."""
+        return self.regular
 
 
 # --------------------------------------------------------------------------- content

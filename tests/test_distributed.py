@@ -2,6 +2,7 @@
 match one, resume across process counts, and a DVC local remote round trip."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -12,13 +13,73 @@ import pytest
 import torch
 
 import dist_worker as w
+import stages.sample_fakes as sample_fakes
 from mmdisco import distributed as dist
 from mmdisco.guidance.loss import DiscriminatorLoss
-from mmdisco.guidance.sampler import item_seeds, sample_joint, sample_single
+from mmdisco.guidance.sampler import item_generators, item_seeds, sample_joint, sample_single
 from mmdisco.testing import run
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = dict(rtol=1e-4, atol=1e-5)   # DDP's averaged gradient vs the whole batch's: float rounding
+EPS32 = torch.finfo(torch.float32).eps
+
+
+# --------------------------------------------------------------------------- float rounding
+@contextlib.contextmanager
+def float32_noise():
+    """Inside: ``torch.randn`` asked for float64 draws float32 and widens it (the sampler's own
+    draws and diffusers' ``randn_tensor`` both call it). torch fills a float64 tensor from other
+    bits of the generator, so the same seed would give other numbers; with this, a float64 run
+    of a sampling uses exactly the noise of its float32 run and only the arithmetic differs."""
+    randn = torch.randn
+
+    def widened(*args, dtype=None, **kwargs):
+        if dtype is torch.float64:
+            return randn(*args, dtype=torch.float32, **kwargs).to(torch.float64)
+        return randn(*args, dtype=dtype, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch, "randn", widened)
+        yield
+
+
+def float32_error_bound(base, kind: str, steps: int, seeds) -> float:
+    """What float32 arithmetic alone may change in a sample of ``base`` (absolute).
+
+    The first step computes ``x̂_0 = (x_T − σ_T ε)/sqrt(ᾱ_T)`` (in ``TinyBase.eps`` and in
+    the scheduler), where ``x_T ≈ σ_T ε`` cancel: rounding ``x_T``, ``ε`` and the difference
+    costs at most ~``EPS32 · (|x_T| + |ε|) ≈ 2 · EPS32 · max|x_T|`` (``ε ≈ x_T`` at ``t = T``),
+    and dividing by ``sqrt(ᾱ_T)`` (5e-5 for this schedule: a factor 2e4) carries it into ``x̂_0``
+    and the sample. Later steps have ``ᾱ_t`` closer to 1 and clip ``x̂_0`` to [−1, 1], which
+    only shrinks errors. Hence ``2 · EPS32 · max|x_T| / sqrt(ᾱ_T)``; a sample computed with
+    another item's noise, the bug these tests look for, moves by O(1) instead."""
+    scheduler = base.make_scheduler(kind)
+    scheduler.set_timesteps(steps)
+    alpha_t = float(base.alphas_cumprod()[int(scheduler.timesteps[0])])
+    x_t = torch.cat([torch.randn((1, *base.latent_shape), generator=g)
+                     for g in item_generators(seeds, base.modality)])
+    return 2 * EPS32 * float(x_t.abs().max()) / alpha_t ** 0.5
+
+
+def assert_float32_rounding_apart(got, want, exact, bounds) -> None:
+    """``got`` and ``want`` (tuples of tensors): float32 runs of one sampling with different
+    batch sizes; ``exact``: that sampling in float64 (float64's own rounding is 2^-29 times
+    float32's, so it stands for the exact result), batched like ``want``.
+
+    Both float32 runs evaluate the same formulas on the same noise; only the batched kernels
+    (convolutions, matmuls) choose their blocking, hence their summation order, by the tensor
+    shapes, batch included, and round differently. So each run is a float32 rounding of the
+    exact result, ``err = max|want − exact|`` away from it (measured: it holds this machine's
+    own rounding, whatever the CPU), and the two are within ``2 · err`` of each other (triangle
+    inequality, both errors of one size). ``err`` itself must stay below the error the
+    arithmetic predicts (``float32_error_bound``): that shows the float64 run is the same
+    sampling, and the tolerance float32 rounding, far below a batching bug's O(1)."""
+    for g, w_, x, bound in zip(got, want, exact, bounds):
+        assert x.dtype == torch.float64 and g.dtype == w_.dtype == torch.float32
+        err = float((w_.to(torch.float64) - x).abs().max())
+        diff = float((g - w_).abs().max())
+        assert err <= bound, f"float32 error {err:.3g}, predicted at most {bound:.3g}"
+        assert diff <= 2 * err, f"batch sizes differ by {diff:.3g}, float32 error {err:.3g}"
 
 
 # --------------------------------------------------------------------------- one process
@@ -50,21 +111,32 @@ def test_one_process_is_rank_zero_of_one_and_gathers_in_item_order():
 
 @pytest.mark.parametrize("kind,eta", [("ddim", 1.0), ("ddpm", 0.0)])
 def test_item_seeds_make_each_sample_independent_of_its_batch(kind, eta):
+    """A batch's samples depend only on its items' seeds: the same batch computed anywhere
+    (another call, another process) is the same bits. Another batch size gives the same
+    samples up to float32 rounding (``assert_float32_rounding_apart``)."""
     base_a, base_v = w.bases()
     seeds = item_seeds(3, 5)
     assert seeds == item_seeds(3, 7)[:5] and item_seeds(3, 3, start=2) == seeds[2:]
     common = dict(steps=4, kind=kind, eta=eta)
+    guided = dict(scale_a=1.0, scale_v=1.0, restarts=1, restart_steps=1, **common)
     a, v, _ = sample_joint(base_a, base_v, w.make_d(), num_samples=5, item_seeds=seeds,
-                           batch_size=2, scale_a=1.0, scale_v=1.0, restarts=1, restart_steps=1,
-                           **common)
+                           batch_size=2, **guided)             # batches [0, 2), [2, 4), [4, 5)
+    # the same batch in another call, which is what another process does: bit for bit
+    a_b, v_b, _ = sample_joint(base_a, base_v, w.make_d(), num_samples=2, item_seeds=seeds[2:4],
+                               **guided)
+    assert torch.equal(a_b, a[2:4]) and torch.equal(v_b, v[2:4])
+    # other batch sizes: one batch of 5, and items 3 and 4 (two batches above) as one batch
     a1, v1, _ = sample_joint(base_a, base_v, w.make_d(), num_samples=5, item_seeds=seeds,
-                             batch_size=5, scale_a=1.0, scale_v=1.0, restarts=1, restart_steps=1,
-                             **common)
-    torch.testing.assert_close((a1, v1), (a, v), rtol=1e-4, atol=1e-4)  # batch kernels: rounding
-    # a sample computed alone, in another batch, is the same sample
+                             batch_size=5, **guided)
     a2, v2, _ = sample_joint(base_a, base_v, w.make_d(), num_samples=2, item_seeds=seeds[3:],
-                             scale_a=1.0, scale_v=1.0, restarts=1, restart_steps=1, **common)
-    torch.testing.assert_close((a2, v2), (a[3:], v[3:]), rtol=1e-4, atol=1e-4)
+                             **guided)
+    with float32_noise():
+        a64, v64, _ = sample_joint(*(b.double() for b in w.bases()), w.make_d().double(),
+                                   num_samples=5, item_seeds=seeds, batch_size=2,
+                                   dtype=torch.float64, **guided)
+    bounds = [float32_error_bound(b, kind, 4, seeds) for b in (base_a, base_v)]
+    assert_float32_rounding_apart((a1, v1), (a, v), (a64, v64), bounds)
+    assert_float32_rounding_apart((a2, v2), (a[3:], v[3:]), (a64[3:], v64[3:]), bounds)
     # unguided, each modality is sample_single with the same item seeds, bit for bit
     a0, v0, _ = sample_joint(base_a, base_v, None, num_samples=5, item_seeds=seeds, batch_size=2,
                              **common)
@@ -192,9 +264,16 @@ def test_sharded_fake_bank_is_exactly_the_one_process_bank(launched):
     assert torch.equal(two["audio"], audio) and torch.equal(two["video"], video)
     small = w.bank(num_pairs=2)
     assert all(torch.equal(x, y) for x, y in zip(two["small"], small))
-    # and item seeds make it independent of the batching (up to float rounding)
+    # another batch size (one batch of 10 instead of 3, 3, 3, 1): equal up to float32 rounding
     a1, v1 = w.bank(batch_size=10)
-    torch.testing.assert_close((a1, v1), (audio, video), rtol=1e-4, atol=1e-4)
+    with float32_noise(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sample_fakes, "sample_single",
+                   lambda *args, **kw: sample_single(*args, dtype=torch.float64, **kw))
+        a64, v64 = sample_fakes.fake_bank(*(b.double() for b in w.bases()), **w.BANK)
+    base_a, base_v = w.bases()
+    seeds = item_seeds(w.BANK["seed"], w.BANK["num_pairs"])
+    bounds = [float32_error_bound(b, "ddim", w.BANK["steps"], seeds) for b in (base_a, base_v)]
+    assert_float32_rounding_apart((a1, v1), (audio, video), (a64, v64), bounds)
 
 
 def test_the_stage_launched_with_torchrun_writes_the_one_process_bank(tmp_path):

@@ -3,8 +3,9 @@
 or rejected with its named reason; the stage never crashes or hangs; memory stays bounded.
 
 The corpus goes through the real stage commands (`acquire` on a ``data.source: folder``, then
-`extract-clips`, via click's CliRunner); the files `acquire` does not list (audio-only
-suffixes, a named pipe, a folder) go through ``extract_clips`` directly.
+`extract-clips`, via click's CliRunner); the entries `acquire` does not list (a named pipe,
+which it skips unopened, and a folder, which it searches) go through ``extract_clips``
+directly.
 """
 from __future__ import annotations
 
@@ -144,6 +145,10 @@ def test_stage_runs_and_accounts_for_every_listed_file(corpus, stage):
     _, entries = corpus
     listed = sorted(f["name"] for f in stage["manifest"]["files"])
     assert listed == sorted(n for n, e in entries.items() if e.in_stage)
+    # the rest of the folder is accounted for: the named pipe skipped with its reason, the
+    # (empty) folder searched
+    skipped = {r["name"]: r["reason"] for r in stage["manifest"]["skipped"]}
+    assert skipped == {"r14_hang_fifo.mp4": "not_regular"}
     used = set(stage["index"]["sources"])
     rejected = [r["source"] for r in stage["rejects"]]
     assert len(rejected) == len(set(rejected)) and not used & set(rejected)

@@ -15,10 +15,18 @@ audio alone is unchanged whatever ``s_v`` is, since ``ε_A`` never sees the vide
 Per-item seeding (``item_seeds=[s_0, s_1, ...]``, one per sample, instead of ``generator(s)``):
 sample ``i`` draws everything — initial noise, the scheduler's noise at every step, restart
 noise — from its own generators ``modality_generators(s_i)`` (audio from the first, video from
-the second). Its result then depends on its seed only, not on which batch or which process
-computed it, which is what sharding over processes needs (``mmdisco.distributed``);
-``item_seeds(seed, n)`` gives the seeds of items ``0..n-1`` of a run. The properties above hold
-per item: unguided, each modality equals ``sample_single`` with the same ``item_seeds``.
+the second), so its noise depends on its seed only, not on which batch or which process draws
+it. A batch's result is then a function of its items' seeds alone: the same batch gives the
+same bits wherever it is computed (another call, another process; same hardware and thread
+count), which is what sharding whole batches over processes needs (``mmdisco.distributed``).
+A different ``batch_size`` computes the same samples only up to float rounding: batched
+kernels (convolutions, matmuls) sum in an order chosen by the tensor shapes, and the first
+step's ``x̂_0 = (x_T − σ_T ε)/sqrt(ᾱ_T)`` divides that rounding by ``sqrt(ᾱ_T)`` (with the
+tiny bases' schedule, float32 samples of two batch sizes differ by up to ~2e-4 on latents in
+[−1, 1]; ``tests/test_distributed.py`` bounds it against a float64 run).
+``item_seeds(seed, n)`` gives the seeds of items ``0..n-1`` of a run. The properties above
+hold per item: unguided, each modality equals ``sample_single`` with the same ``item_seeds``
+and ``batch_size``, bit for bit.
 
 Extensions beyond the paper, both off by default and inactive when unguided:
 - a ``critic`` (``mmdisco.guidance.critic``) adds its own residual ``c_m r_C^m`` to each ε̂;
