@@ -25,13 +25,16 @@ import yaml
 
 from mmdisco.bases import load_base
 from mmdisco.config import GuidanceConfig, build, load_params, to_dict
+from mmdisco.data.clips import load_clips
+from mmdisco.eval.frechet import WorldAudioFeatures, WorldVideoFeatures, frechet_distance
 from mmdisco.encoders import encoder_from_state
 from mmdisco.eval.metrics import evaluate_clips
 from mmdisco.guidance.sampler import modality_generators, sample_joint
 from mmdisco.guidance.store import load_discriminator
-from mmdisco.io import read_json
+from mmdisco.io import load_tensors, read_json
 
-COLUMNS = ("validity_audio", "validity_video", "semantic_agreement", "temporal_f1", "aligned_fraction")
+COLUMNS = ("validity_audio", "validity_video", "semantic_agreement", "temporal_f1", "aligned_fraction",
+           "class_balance_audio", "class_balance_video", "fd_audio", "fd_video")
 SAMPLER_KEYS = ("steps", "kind", "eta")
 
 
@@ -69,6 +72,12 @@ def main() -> None:
     common = dict(mel_hz=mel.mel_frequencies().numpy(), mel_frame_rate=mel.frame_rate,
                   fps=enc["fps"], num_classes=params.data.synth.num_classes, bootstrap=50,
                   confidence=0.95, seed=0)
+    # Fréchet distances against a real subset of the samples' size (FD is biased by set size)
+    real_v, _, _ = load_clips(proj / "data/clips")
+    real_a = load_tensors(proj / "data/latents/audio.safetensors")["latents"]
+    ref = np.random.default_rng(0).permutation(len(real_v))[:args.samples]
+    fx_a, fx_v = WorldAudioFeatures(n_mels=real_a.shape[-1]), WorldVideoFeatures()
+    real_fa, real_fv = fx_a(mel.to_db(real_a[ref]).numpy()), fx_v(real_v[ref].numpy())
     seeds = [int(s) for s in args.seeds.split(",")]
     report = {}
     print(f"{'recipe':14s} " + " ".join(f"{c[:12]:>12s}" for c in COLUMNS) + "   time_s  passes")
@@ -90,7 +99,10 @@ def main() -> None:
                 critic=C, critic_scales=(c_a, c_v), restarts=g.restarts,
                 restart_steps=g.restart_steps, batch_size=params.sample.batch_size)
             wall = time.perf_counter() - t0
-            m = evaluate_clips(pixels.decode(v).numpy(), mel.to_db(a).numpy(), shuffle=False, **common)
+            videos, mel_db = pixels.decode(v).numpy(), mel.to_db(a).numpy()
+            m = evaluate_clips(videos, mel_db, shuffle=False, **common)
+            m["fd_audio"] = frechet_distance(real_fa, fx_a(mel_db))["fd"]
+            m["fd_video"] = frechet_distance(real_fv, fx_v(videos))["fd"]
             rows.append({**{c: m[c] or 0.0 for c in COLUMNS}, "time_s": wall,
                          "passes": timing["base_passes"] + timing["guidance_passes"]})
         mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}

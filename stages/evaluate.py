@@ -92,16 +92,18 @@ def add_frechet(report: dict, real: tuple[np.ndarray, np.ndarray],
     from mmdisco.eval.frechet import WorldAudioFeatures, WorldVideoFeatures, frechet_distance
 
     videos, mel_db = real
-    audio_features, video_features = WorldAudioFeatures(n_mels=mel_db.shape[-1]), WorldVideoFeatures()
+    fx = {"audio": WorldAudioFeatures(n_mels=mel_db.shape[-1]), "video": WorldVideoFeatures()}
     order = np.random.default_rng(seed).permutation(len(videos))
+    sizes = {len(v) for v, _ in sets.values()}
+    pool = order[:min(len(order), 2 * max(sizes))]          # features of the real clips used
+    real_x = {"audio": fx["audio"](mel_db[pool]), "video": fx["video"](videos[pool])}
     for name, (v, m) in sets.items():
         n = len(v)
-        ref = order[:n]
-        for modality, fx, real_x, x in (("audio", audio_features, mel_db, m),
-                                        ("video", video_features, videos, v)):
-            report[name][f"fd_{modality}"] = frechet_distance(fx(real_x[ref]), fx(x))["fd"]
+        for modality, x in (("audio", m), ("video", v)):
+            report[name][f"fd_{modality}"] = frechet_distance(real_x[modality][:n],
+                                                              fx[modality](x))["fd"]
             if 2 * n <= len(order):
-                floor = frechet_distance(fx(real_x[ref]), fx(real_x[order[n:2 * n]]))["fd"]
+                floor = frechet_distance(real_x[modality][:n], real_x[modality][n:2 * n])["fd"]
                 report["real"][f"fd_{modality}"] = floor
         report[name]["fd_pairs"] = n
         report["real"]["fd_pairs"] = n if 2 * n <= len(order) else 0
