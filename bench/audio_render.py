@@ -53,7 +53,8 @@ def _resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
 
 
 def _spectrogram_panel(ax, wave: np.ndarray, rate: int, title: str) -> None:
-    ax.specgram(wave, NFFT=512, Fs=rate, noverlap=448, cmap="magma", vmin=-120)
+    floor = 1e-6 * np.random.default_rng(0).standard_normal(len(wave))  # exact silence: -120 dB
+    ax.specgram(wave + floor, NFFT=512, Fs=rate, noverlap=448, cmap="magma", vmin=-120)
     ax.set_ylim(0, 4000)
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("s")
@@ -115,8 +116,19 @@ def main(project: Path, n: int, figure: Path | None) -> None:
     samples = project / "data/samples"
     media = {name: sorted((samples / name / "media").glob("*.mp4")) for name in ("baseline", "guided")}
     for name, files in media.items():
-        if files:
+        if files:   # the mp4s the sample stage wrote (and MLflow shows)
             out["tonal_fraction"][f"{name}_media"] = _summary(media_pitch_fraction(files, pitches))
+        lat = samples / name / "audio.safetensors"
+        if lat.is_file():   # more of that set's latents, rendered and written the same way
+            a = load_tensors(lat)["latents"]
+            a = a[np.linspace(0, len(a) - 1, min(n, len(a))).astype(int)]
+            with torch.no_grad(), tempfile.TemporaryDirectory() as tmp:
+                files = []
+                for j, wave in enumerate(mel.decode(a).numpy()):
+                    files.append(Path(tmp) / f"{name}{j:04d}.mp4")
+                    write_av(files[-1], silent_video, fps, wave, sr)
+                out["tonal_fraction"][f"{name}_rendered"] = _summary(
+                    media_pitch_fraction(files, pitches))
 
     if figure is not None:
         import matplotlib
