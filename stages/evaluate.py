@@ -165,12 +165,13 @@ def main(params_path: Path, clips_dir: Path, latents_dir: Path, samples_dir: Pat
     if sweep_path is not None and samples_dir is not None:
         write_sweep_row(sweep_path, params, report)
     click.echo(f"evaluate: {len(report)} sets in {timer.seconds} s -> {metrics_path}")
+    f = lambda x: "–" if x is None else f"{x:.3f}"   # noqa: E731  (a set with no valid pair)
     for section, m in report.items():
-        fd = (f"  FD a/v {m['fd_audio']:.3f}/{m['fd_video']:.3f}" if "fd_audio" in m else "")
-        click.echo(f"  {section:9s} semantic {m['semantic_agreement'] or 0:.3f}  temporal_f1 "
-                   f"{m['temporal_f1'] or 0:.3f}  aligned {m['aligned_fraction']:.3f}  "
-                   f"validity a/v {m['validity_audio']:.3f}/{m['validity_video']:.3f}  "
-                   f"balance a/v {m['class_balance_audio']:.3f}/{m['class_balance_video']:.3f}{fd}")
+        fd = f"  FD a/v {f(m['fd_audio'])}/{f(m['fd_video'])}" if "fd_audio" in m else ""
+        click.echo(f"  {section:9s} semantic {f(m['semantic_agreement'])}  temporal_f1 "
+                   f"{f(m['temporal_f1'])}  aligned {f(m['aligned_fraction'])}  validity a/v "
+                   f"{f(m['validity_audio'])}/{f(m['validity_video'])}  balance a/v "
+                   f"{f(m['class_balance_audio'])}/{f(m['class_balance_video'])}{fd}")
     # 3. one MLflow run that carries everything needed to compare experiments
     with tracking.stage_run("evaluate", to_dict(params)):
         import mlflow

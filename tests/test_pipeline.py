@@ -137,7 +137,9 @@ def test_dvc_repro_runs_the_pipeline_and_is_cached(project):
               for e in exps for r in e["revs"]]
     assert 2 in scales, shown
     columns = [r["data"]["metrics"]["metrics/headline.json"]["data"] for e in exps for r in e["revs"]]
-    assert all("class_balance_audio" in c["guided"] and "fd_audio" in c["guided"] for c in columns)
+    # (DVC leaves out null values: with 6 tiny samples no class may decode, so no balance)
+    assert columns and all({"aligned_fraction", "fd_audio", "fd_video"} <= set(c.get("guided", {}))
+                           for c in columns), columns
     # the sweep plot reads each experiment's plots/sweep.csv: one point per scale
     names = run(["dvc", "exp", "ls", "--name-only"], proj).stdout.split()
     assert names, "no experiment listed"
