@@ -129,9 +129,11 @@ def main(params_path: Path, which: str, latents_dir: Path, audio_base: Path, vid
     enc = read_json(latents_dir / "encoders.json")
     # one seed for both sets: pair i of the baseline and of the guided set start from the
     # same noise, so each guided pair has a baseline twin
+    # the baseline reads nothing of guidance.* (its stage does not depend on it)
+    restarts, restart_steps = (g.restarts, g.restart_steps) if guided else (0, 0)
     a, v, timing = sharded_joint(base_a, base_v, D, scale_a=s_a, scale_v=s_v, critic=C,
-                                 critic_scales=(c_a, c_v), restarts=g.restarts if guided else 0,
-                                 restart_steps=g.restart_steps, num_samples=cfg.num_samples,
+                                 critic_scales=(c_a, c_v), restarts=restarts,
+                                 restart_steps=restart_steps, num_samples=cfg.num_samples,
                                  steps=cfg.steps, kind=cfg.kind, eta=cfg.eta,
                                  batch_size=cfg.batch_size,
                                  seed=stage_seed(params.seed, "sample"))

@@ -81,16 +81,20 @@ def peaks(power: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return energy.reshape(shape), freq.reshape(shape)
 
 
+def _frame_grid(t_frames: int, hop: int, num_samples: int):
+    """For each sample n: the frames ``t0, t1`` whose centres (``t · hop``) bracket it and its
+    position ``u`` in [0, 1] between them (held before the first and after the last centre)."""
+    n = np.arange(num_samples)
+    pos = np.clip(n / hop, 0, t_frames - 1)
+    t0 = np.minimum(np.floor(pos).astype(int), max(t_frames - 2, 0))
+    return n, t0, np.minimum(t0 + 1, t_frames - 1), pos - t0
+
+
 def _envelope(amp: np.ndarray, hop: int, num_samples: int) -> np.ndarray:
     """Per-sample amplitude ``[..., L]`` from per-frame amplitudes ``[..., T]`` (frame t centred
     at sample ``t · hop``): geometric between centres when falling, a short rise at the frame
     boundary when rising, held before the first and after the last centre."""
-    t_frames = amp.shape[-1]
-    n = np.arange(num_samples)
-    pos = np.clip(n / hop, 0, t_frames - 1)
-    t0 = np.minimum(np.floor(pos).astype(int), max(t_frames - 2, 0))
-    t1 = np.minimum(t0 + 1, t_frames - 1)
-    u = pos - t0
+    n, t0, t1, u = _frame_grid(amp.shape[-1], hop, num_samples)
     a0, a1 = amp[..., t0], amp[..., t1]
     floor = 1e-4 * np.maximum(np.maximum(a0, a1), 1e-30)
     fall = np.exp((1 - u) * np.log(np.maximum(a0, floor)) + u * np.log(np.maximum(a1, floor)))
@@ -113,11 +117,7 @@ def _synthesise(amp: np.ndarray, freq: np.ndarray, *, hop: int, sample_rate: int
     out = np.zeros((n_clips, num_samples))
     if len(clip) == 0:
         return out.astype(np.float32)
-    n = np.arange(num_samples)
-    pos = np.clip(n / hop, 0, t_frames - 1)
-    t0 = np.minimum(np.floor(pos).astype(int), max(t_frames - 2, 0))
-    t1 = np.minimum(t0 + 1, t_frames - 1)
-    u = pos - t0
+    _, t0, t1, u = _frame_grid(t_frames, hop, num_samples)
     for s in range(0, len(clip), _CHUNK):
         c, o = clip[s:s + _CHUNK], osc[s:s + _CHUNK]
         f = freq[c, o]                                           # [k, T]

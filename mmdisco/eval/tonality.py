@@ -5,7 +5,7 @@ up even when every latent-level metric looks perfect. For each clip: the power s
 the whole clip (Hann window, one FFT), restricted to frequencies above ``min_hz`` (below it
 lie hum and DC, which the world never makes); the figure is the fraction of that power
 within ``±tol`` (relative) of a class pitch or of its second harmonic. Real files of the
-embedded world score about 0.99; noise scores about the fraction of the band the windows
+embedded world score about 0.97 (1-s windows of their AAC audio); noise scores about the fraction of the band the windows
 cover.
 """
 from __future__ import annotations
@@ -30,9 +30,9 @@ def pitch_energy_fraction(waves: np.ndarray, sample_rate: int, pitches, *, tol: 
         return np.where(total > 0, on / total, np.nan)
 
 
-def read_sound(path, *, seconds: float | None = None) -> tuple[np.ndarray, int]:
-    """A media file's first audio stream as mono float ``[L]`` at its own rate (PyAV), cut to
-    ``seconds`` when given: what a player would play."""
+def read_sound(path) -> tuple[np.ndarray, int]:
+    """A media file's first audio stream as mono float ``[L]`` at its own rate (PyAV): what a
+    player would play."""
     import av
 
     to_mono = av.AudioResampler(format="fltp", layout="mono")
@@ -44,7 +44,7 @@ def read_sound(path, *, seconds: float | None = None) -> tuple[np.ndarray, int]:
         chunks = [f.to_ndarray()[0] for frame in src.decode(stream)
                   for f in to_mono.resample(frame)]
     wave = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    return (wave[: round(seconds * rate)] if seconds else wave), rate
+    return wave, rate
 
 
 def media_pitch_fraction(paths, pitches, **kw) -> np.ndarray:
