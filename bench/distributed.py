@@ -81,7 +81,7 @@ def worker(args) -> None:
     for _ in range(args.repeats):
         dist.barrier()
         start = time.perf_counter()
-        audio, video = fake_bank(base_a, base_v, **kw)
+        audio, video, _ = fake_bank(base_a, base_v, **kw)
         dist.barrier()
         seconds.append(time.perf_counter() - start)
     if dist.is_main():

@@ -49,11 +49,21 @@ class SynthConfig:
     video_noise: float = _opt(0.02, lo=0.0, hi=0.5, doc="Gaussian pixel noise, std on [-1, 1]")
     audio_noise: float = _opt(0.003, lo=0.0, hi=0.5, doc="Gaussian background noise, std")
     tone_decay: float = _opt(0.06, lo=0.005, hi=1.0, doc="tone decay time constant (s)")
+    vocabulary: tuple[str, ...] = _opt((), doc="caption of class k = vocabulary[k]; empty = "
+                                              "'a <colour> ball with a <pitch> Hz tone'")
 
     def validate(self, key: str) -> None:
         if self.max_period < self.min_period:
             raise ConfigError(f"{key}.max_period ({self.max_period}) must be >= "
                               f"{key}.min_period ({self.min_period})")
+        if self.vocabulary:
+            if len(self.vocabulary) < self.num_classes:
+                raise ConfigError(f"{key}.vocabulary has {len(self.vocabulary)} captions for "
+                                  f"{self.num_classes} classes; give one per class (or [] for "
+                                  f"the default captions)")
+            if len(set(self.vocabulary[:self.num_classes])) < self.num_classes:
+                raise ConfigError(f"{key}.vocabulary repeats a caption: classes would share a "
+                                  f"prompt; give {self.num_classes} distinct captions")
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,9 @@ class DataConfig:
     source: str = _opt("synth", choices=("synth", "folder"),
                        doc="synth: render the embedded world; folder: the user's media files")
     folder: str | None = _opt(None, doc="folder of media files when source is 'folder'")
+    captions: str | None = _opt(None, doc="folder source: CSV with columns file,caption (paths "
+                                          "relative to data.folder); a file without a caption "
+                                          "gets the empty caption")
     synth: SynthConfig = _opt(SynthConfig())
     clip: ClipConfig = _opt(ClipConfig())
 
@@ -101,6 +114,10 @@ class DataConfig:
             if not self.folder:
                 raise ConfigError(f"{key}.folder must name a folder of media files when "
                                   f"{key}.source is 'folder'")
+        elif self.captions:
+            raise ConfigError(f"{key}.captions names a captions CSV for data.folder; the synthetic "
+                              f"world captions its own clips (data.synth.vocabulary): set "
+                              f"{key}.captions to null")
 
 
 TORCH_DTYPES = ("float32", "float16", "bfloat16")
@@ -153,9 +170,17 @@ class VideoEncoderConfig:
 
 
 @dataclass(frozen=True)
+class TextEncoderConfig:
+    """The tiny bases' frozen text encoder (pretrained bases use their own, e.g. CLAP, CLIP)."""
+
+    dim: int = _opt(64, lo=4, hi=4096, doc="embedding size of the hashed bag-of-words encoder")
+
+
+@dataclass(frozen=True)
 class EncodersConfig:
     audio: AudioEncoderConfig = _opt(AudioEncoderConfig())
     video: VideoEncoderConfig = _opt(VideoEncoderConfig())
+    text: TextEncoderConfig = _opt(TextEncoderConfig())
     batch_size: int = _opt(256, lo=1)
 
 
@@ -164,6 +189,12 @@ class EvalConfig:
     bootstrap: int = _opt(1000, lo=10, doc="bootstrap resamples for confidence intervals")
     confidence: float = _opt(0.95, lo=0.5, hi=0.999)
     max_pairs: int = _opt(0, lo=0, doc="0 = evaluate every clip")
+    av_align_pairs: int = _opt(64, lo=0, doc="pairs per set rendered to mp4 and scored by "
+                                             "AV-Align (0 = off)")
+    audio_features: str | None = _opt(None, doc="TorchScript audio feature extractor (waveform "
+                                                "[N, L] -> [N, D]) for Fréchet distances")
+    video_features: str | None = _opt(None, doc="TorchScript video feature extractor (frames "
+                                                "[N, F, 3, H, W] in [0, 1] -> [N, D])")
 
 
 # --------------------------------------------------------------------------- base models
@@ -231,8 +262,6 @@ class PretrainedBaseConfig:
                                        "(unet/, scheduler/, text_encoder/, tokenizer/)")
     motion_adapter: str | None = _opt(None, doc="animatediff: the MotionAdapter (model id or "
                                                 "folder); null when model's unet already has one")
-    guidance_scale: float = _opt(1.0, lo=0.0, doc="the base's classifier-free guidance weight w: "
-                                                  "ε = ε_u + w (ε_c − ε_u); 1 = prompt only")
     device: str = _opt("auto", doc="auto (cuda when present) | cpu | cuda[:N]")
     dtype: str = _opt("auto", choices=("auto",) + TORCH_DTYPES,
                       doc="auto: float16 on a GPU, float32 on the CPU")
@@ -271,6 +300,9 @@ class TrainBaseConfig:
     ema_decay: float = _opt(0.995, lo=0.0, hi=1.0, doc="EMA decay cap; (1+n)/(10+n) early on")
     min_snr_gamma: float = _opt(0.0, lo=0.0, doc="cap on the loss's x_0 weight (min-SNR-γ); 0 = off")
     hflip: bool = _opt(False, doc="mirror video latents left-right at random (video only)")
+    cond_dropout: float = _opt(0.1, lo=0.0, hi=0.9, doc="condition: caption: fraction of "
+                                                        "training rows given the empty prompt "
+                                                        "(what classifier-free guidance needs)")
     checkpoint_every: int = _opt(500, lo=1, doc="steps between resumable checkpoints")
     log_every: int = _opt(50, lo=1, doc="steps between loss logs")
     pretrained: PretrainedBaseConfig = _opt(PretrainedBaseConfig())
@@ -345,6 +377,9 @@ class TrainConfig:
     log_every: int = _opt(50, lo=1)
     eval_every: int = _opt(500, lo=1, doc="steps between held-out accuracy checks")
     heldout: int = _opt(256, lo=8, doc="real clips held out for accuracy checks")
+    cond_dropout: float = _opt(0.1, lo=0.0, hi=0.9, doc="condition: caption: fraction of pairs "
+                                                        "trained without their prompt (the "
+                                                        "unconditional branch of the guide's CFG)")
 
 
 @dataclass(frozen=True)
@@ -412,11 +447,24 @@ class SampleConfig:
                                                 "step, which lets guidance correct course)")
     batch_size: int = _opt(256, lo=1)
     media: int = _opt(8, lo=0, doc="pairs per set written as mp4 with sound")
+    prompts: tuple[str, ...] = _opt((), doc="condition: caption: prompts, cycled over the "
+                                            "samples; empty = captions of held-out clips")
+
+
+@dataclass(frozen=True)
+class CFGConfig:
+    """Each base's own classifier-free guidance weight w (``condition: caption``)."""
+
+    audio: float = _opt(1.0, lo=0.0, doc="ε = ε_u + w (ε_c − ε_u); 1 = prompt only")
+    video: float = _opt(1.0, lo=0.0, doc="likewise for the video base")
 
 
 @dataclass(frozen=True)
 class Params:
     seed: int = _opt(0, lo=0, doc="master seed; every stage derives its generators from it")
+    condition: str = _opt("none", choices=("none", "caption"),
+                          doc="none: unconditional bases; caption: text-conditional bases, "
+                              "fakes, discriminator and sampling from prompts")
     data: DataConfig = _opt(DataConfig())
     encoders: EncodersConfig = _opt(EncodersConfig())
     eval: EvalConfig = _opt(EvalConfig())
@@ -427,6 +475,7 @@ class Params:
     critic: CriticConfig = _opt(CriticConfig())
     guidance: GuidanceConfig = _opt(GuidanceConfig())
     sample: SampleConfig = _opt(SampleConfig())
+    cfg: CFGConfig = _opt(CFGConfig())
 
     def validate(self, key: str) -> None:
         if self.data.source == "synth":

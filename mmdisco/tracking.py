@@ -153,3 +153,10 @@ def log_metrics(metrics: dict[str, Any], step: int | None = None, prefix: str = 
             scalars[(prefix + k).replace("[", "_").replace("]", "")] = float(v)
     if scalars:
         mlflow.log_metrics(scalars, step=step)
+
+
+def log_dict(obj: Any, artifact_file: str) -> None:
+    """Log a JSON-serialisable object as an artifact of the active run (e.g. the prompts)."""
+    import mlflow
+
+    mlflow.log_dict(obj, artifact_file)

@@ -170,6 +170,48 @@ def _hash_listed(folder: Path, names: list[str], skipped: list[dict]) -> list[di
     return entries
 
 
+def read_captions(csv_path: Path, folder: Path) -> dict[str, str]:
+    """``{relative posix path: caption}`` from a CSV with columns ``file,caption`` (``file``
+    relative to ``folder``). A malformed file fails here, naming the file and the row."""
+    import csv
+
+    if not csv_path.is_file():
+        raise click.ClickException(f"data.captions: '{csv_path}' is not a file; point it at a CSV "
+                                   f"with columns file,caption (or set it to null)")
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        missing = {"file", "caption"} - set(reader.fieldnames or [])
+        if missing:
+            raise click.ClickException(
+                f"data.captions: {csv_path} has columns {reader.fieldnames}; it needs a header "
+                f"row with the columns file,caption (missing: {', '.join(sorted(missing))})")
+        captions: dict[str, str] = {}
+        for row_no, row in enumerate(reader, start=2):
+            name, caption = (row.get("file") or "").strip(), (row.get("caption") or "").strip()
+            rel = Path(name)
+            if not name or rel.is_absolute() or ".." in rel.parts:
+                raise click.ClickException(
+                    f"data.captions: {csv_path} row {row_no}: file {name!r} must be a path "
+                    f"relative to data.folder ({folder}), without '..'")
+            key = rel.as_posix()
+            if key in captions and captions[key] != caption:
+                raise click.ClickException(f"data.captions: {csv_path} row {row_no}: '{key}' "
+                                           f"has two different captions; keep one")
+            captions[key] = caption
+    return captions
+
+
+def _caption_files(files: list[dict], captions: dict[str, str]) -> dict[str, int]:
+    """Add ``caption`` to each manifest entry (the empty caption when the CSV has none for it);
+    counts of captioned files, uncaptioned files and CSV rows naming no listed file."""
+    names = {f["name"] for f in files}
+    for f in files:
+        f["caption"] = captions.get(f["name"], "")
+    return {"captioned": sum(1 for f in files if f["caption"]),
+            "uncaptioned": sum(1 for f in files if not f["caption"]),
+            "captions_unmatched": sum(1 for k in captions if k not in names)}
+
+
 def _skip_counts(skipped: list[dict]) -> str:
     counts = Counter(r["reason"] for r in skipped)
     return ", ".join(f"{reason} {counts[reason]}" for reason in SKIP_REASONS if counts[reason])
@@ -187,11 +229,14 @@ def main(params_path: Path, out: Path) -> None:
     params = load(params_path)
     data, timer = params.data, Timer()
     skipped: list[dict] = []
+    counts: dict[str, int] = {}
     if data.source == "folder":
         folder = Path(data.folder).expanduser().resolve()
         if not folder.is_dir():
             raise click.ClickException(f"data.folder: '{data.folder}' is not a folder; create it "
                                        f"or point data.folder at your media files")
+        captions = read_captions(Path(data.captions).expanduser(), folder) if data.captions \
+            else None
         names, skipped = scan_folder(folder)
         files = _hash_listed(folder, names, skipped)
         if not files:
@@ -201,6 +246,8 @@ def main(params_path: Path, out: Path) -> None:
             raise click.ClickException(f"data.folder: no media files found under {folder}: "
                                        f"{found}; put your video files (with sound) there")
         names = [f["name"] for f in files]
+        if captions is not None:
+            counts = _caption_files(files, captions)
         with atomic_path(out) as tmp:
             tmp.mkdir()
             write_json(tmp / "manifest.json", {"source": "folder", "root": str(folder),
@@ -213,11 +260,15 @@ def main(params_path: Path, out: Path) -> None:
             write_json(tmp / "manifest.json", {"source": "synth", "root": None,
                                                "labels": "truth.json",
                                                "files": manifest_for(tmp, names)})
-    summary = {"files": len(names), "skipped": len(skipped), "seconds": timer.seconds}
+    summary = {"files": len(names), "skipped": len(skipped), **counts, "seconds": timer.seconds}
     line = f"acquire: {len(names)} files from {data.source} in {summary['seconds']} s -> {out}"
     if skipped:
         line += (f"; {len(skipped)} skipped ({_skip_counts(skipped)}), each with its reason "
                  f"under \"skipped\" in {out / 'manifest.json'}")
+    if counts.get("uncaptioned") or counts.get("captions_unmatched"):
+        line += (f"; captions: {counts['captioned']} files captioned, {counts['uncaptioned']} "
+                 f"without a caption (given the empty caption), {counts['captions_unmatched']} "
+                 f"CSV rows naming no listed file")
     click.echo(line)
     with tracking.stage_run("acquire", {"seed": params.seed, "data": to_dict(data)}):
         tracking.log_metrics(summary)

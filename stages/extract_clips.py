@@ -46,6 +46,12 @@ def manifest_files(raw: Path, data: DataConfig | None = None
     if manifest.get("labels"):
         records = read_json(child_path(raw, manifest["labels"], source))
         labels = {r["file"]: {k: v for k, v in r.items() if k != "file"} for r in records}
+    captioned = {Path(e["name"]).name: e["caption"] for e in manifest["files"]
+                 if isinstance(e, dict) and "caption" in e}
+    if captioned:   # a folder's captions CSV, recorded per file by `acquire`
+        labels = labels or {}
+        for name, caption in captioned.items():
+            labels.setdefault(name, {})["caption"] = caption
     return files, labels
 
 

@@ -7,6 +7,14 @@ pair has a baseline twin that differs only by the guidance. Writes latents, mp4 
 sound, a contact sheet and the cost of base vs guidance passes.
 Launched with several processes (`docs/scaling.md`) each samples its share of the batches; the
 main process gathers them in item order and writes the same files as one process would.
+
+With `condition: caption` every pair has a prompt: `sample.prompts` cycled over the pairs, or
+by default the captions of the clips that `train_discriminator` holds out (`train.heldout`).
+Each base gets its prompt's embeddings (stored by `encode`) with its own CFG weight; the guided
+set's discriminator sees the prompt too and its residuals are combined per modality as
+`r_u + w_m (r_c − r_u)` (`CFGGuide`). The baseline uses the same prompts from the same noise.
+Media are named by the prompt's index (`<set>_p<prompt>_<pair>.mp4`); `prompts.json` and the
+MLflow run hold the texts.
 """
 from __future__ import annotations
 
@@ -18,26 +26,36 @@ import torch
 
 from mmdisco import distributed as dist
 from mmdisco import tracking
-from mmdisco.bases import load_base
 from mmdisco.config import to_dict
 from mmdisco.encoders import encoder_from_state
 from mmdisco.eval.sheets import contact_sheet, save_png, write_pairs
+from mmdisco.guidance.conditional import CFGGuide, ConditionalDiscriminator, joint_condition
 from mmdisco.guidance.sampler import item_seeds, sample_joint
 from mmdisco.guidance.store import load_discriminator
 from mmdisco.io import atomic_path, read_json, save_tensors, write_json
+from stages.bases import load_bases
 from stages.common import load, params_option, stage_seed, user_errors
 
 
 def sharded_joint(base_a, base_v, D, *, num_samples: int, batch_size: int, seed: int,
-                  **kw) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                  prompts: dict | None = None, **kw) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """``sample_joint`` with per-item seeds over this process's share of the batches; every
     process gets all samples in item order. Timing: the batches' seconds and passes summed
-    over processes, ``total_s`` the wall-clock time of the whole call."""
+    over processes, ``total_s`` the wall-clock time of the whole call.
+
+    ``prompts``: per-sample rows ``audio``, ``video`` (the bases' embeddings) and ``joint`` (the
+    discriminator's condition), with ``weights`` (the bases' CFG weights): a conditional ``D``
+    guides through ``CFGGuide`` on each batch's rows."""
     seeds, start = item_seeds(seed, num_samples), time.perf_counter()
 
     def batch(lo: int, hi: int):
-        a, v, timing = sample_joint(base_a, base_v, D, num_samples=hi - lo, item_seeds=seeds[lo:hi],
-                                    device=dist.device(), **kw)
+        guide, cond = D, {}
+        if prompts is not None:
+            cond = {"cond_a": prompts["audio"][lo:hi], "cond_v": prompts["video"][lo:hi]}
+            if isinstance(D, ConditionalDiscriminator):
+                guide = CFGGuide(D, prompts["joint"][lo:hi].to(dist.device()), prompts["weights"])
+        a, v, timing = sample_joint(base_a, base_v, guide, num_samples=hi - lo,
+                                    item_seeds=seeds[lo:hi], device=dist.device(), **cond, **kw)
         return (a.cpu(), v.cpu()), timing
 
     (a, v), timings = dist.map_batches(batch, num_samples, batch_size)
@@ -61,8 +79,25 @@ def per_pass_cost(timing: dict) -> dict:
     return out
 
 
+def sample_prompts(table, cfg, n: int, heldout: int, split_seed: int) -> tuple[list[str], list[int]]:
+    """``(prompts, prompt_of)``: the prompt list and, for each of ``n`` pairs, its index in it.
+
+    ``cfg.prompts`` when given; else the captions of the clips that `train_discriminator` holds
+    out (its split: ``randperm`` from its seed, the first ``heldout``), empty captions left out.
+    The list is cycled over the pairs."""
+    if cfg.prompts:
+        prompts = list(cfg.prompts)
+    else:
+        split = torch.randperm(len(table.clip_prompt),
+                               generator=torch.Generator().manual_seed(split_seed))[:heldout]
+        prompts = [c for c in (table.prompts[i] for i in table.clip_prompt[split].tolist()) if c]
+        if not prompts:
+            raise ValueError("the held-out clips have no captions; give sample.prompts")
+    return prompts, [i % len(prompts) for i in range(n)]
+
+
 def write_set(folder: Path, a: torch.Tensor, v: torch.Tensor, *, encoders: dict, media: int,
-              name: str) -> None:
+              name: str, names: list[str] | None = None) -> None:
     """Latents, the first ``media`` pairs as mp4 with sound, and a contact sheet."""
     folder.mkdir()
     save_tensors(folder / "audio.safetensors", {"latents": a})
@@ -74,7 +109,8 @@ def write_set(folder: Path, a: torch.Tensor, v: torch.Tensor, *, encoders: dict,
         with torch.no_grad():
             sound = mel.decode(a[:k]).numpy()
         write_pairs(folder / "media", videos, sound, fps=encoders["fps"],
-                    sample_rate=encoders["sample_rate"], prefix=name)
+                    sample_rate=encoders["sample_rate"], prefix=name,
+                    names=None if names is None else names[:k])
         save_png(folder / "sheet.png", contact_sheet(videos, mel_db))
 
 
@@ -116,7 +152,7 @@ def main(params_path: Path, which: str, latents_dir: Path, audio_base: Path, vid
     metrics_path = metrics_path or Path("metrics/sample.json" if guided else
                                         "metrics/sample_baseline.json")
     device = dist.device()
-    base_a, base_v = (dist.to_device(load_base(b), device) for b in (audio_base, video_base))
+    base_a, base_v, table = load_bases(params, audio_base, video_base, latents_dir)
     folders = {"audio_base": audio_base, "video_base": video_base}
     D = C = None
     (s_a, s_v), (c_a, c_v) = (g.scales, g.critic_scales) if guided else ((0.0, 0.0), (0.0, 0.0))
@@ -131,7 +167,17 @@ def main(params_path: Path, which: str, latents_dir: Path, audio_base: Path, vid
     # same noise, so each guided pair has a baseline twin
     # the baseline reads nothing of guidance.* (its stage does not depend on it)
     restarts, restart_steps = (g.restarts, g.restart_steps) if guided else (0, 0)
+    prompts = prompt_list = prompt_of = None
+    if table is not None:
+        prompt_list, prompt_of = sample_prompts(table, cfg, cfg.num_samples, params.train.heldout,
+                                                stage_seed(params.seed, "train_discriminator"))
+        rows = table.index(prompt_list)[torch.tensor(prompt_of)]
+        prompts = {"audio": table.embeddings("audio", rows), "video": table.embeddings("video", rows),
+                   "joint": joint_condition(table.embeddings("audio", rows),
+                                            table.embeddings("video", rows)),
+                   "weights": (params.cfg.audio, params.cfg.video)}
     a, v, timing = sharded_joint(base_a, base_v, D, scale_a=s_a, scale_v=s_v, critic=C,
+                                 prompts=prompts,
                                  critic_scales=(c_a, c_v), restarts=restarts,
                                  restart_steps=restart_steps, num_samples=cfg.num_samples,
                                  steps=cfg.steps, kind=cfg.kind, eta=cfg.eta,
@@ -142,15 +188,22 @@ def main(params_path: Path, which: str, latents_dir: Path, audio_base: Path, vid
         return
     report = {"scale_audio": s_a, "scale_video": s_v, "critic_scale_audio": c_a,
               "critic_scale_video": c_v, **per_pass_cost(timing)}
+    names = None if prompt_of is None else [f"p{j:03d}_{i:03d}" for i, j in enumerate(prompt_of)]
     with atomic_path(out) as tmp:
-        write_set(tmp, a, v, encoders=enc, media=cfg.media, name=which)
+        write_set(tmp, a, v, encoders=enc, media=cfg.media, name=which, names=names)
         write_json(tmp / "provenance.json", _run_ids(folders))
+        if prompt_list is not None:
+            write_json(tmp / "prompts.json", {"prompts": prompt_list, "prompt_of": prompt_of,
+                                              "cfg": to_dict(params.cfg)})
     write_json(metrics_path, report)
     click.echo(f"sample: {cfg.num_samples} {which} pairs (s_a={s_a}, s_v={s_v}) in "
                f"{report['total_s']:.1f} s -> {out}")
-    logged = {"seed": params.seed, "sample": to_dict(cfg), "set": which}
+    logged = {"seed": params.seed, "sample": to_dict(cfg), "set": which,
+              "condition": params.condition, "cfg": to_dict(params.cfg)}
     with tracking.stage_run("sample" if guided else "sample_baseline",
                             {**logged, **({"guidance": to_dict(g)} if guided else {})}):
         tracking.log_metrics(report)
+        if prompt_list is not None:
+            tracking.log_dict({"prompts": prompt_list, "prompt_of": prompt_of}, "prompts.json")
         tracking.log_metrics({"processes": dist.world_size()})
     dist.barrier()

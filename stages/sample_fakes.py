@@ -10,6 +10,12 @@ generators, whatever batch or process computed it. Launched with several process
 shares are gathered in item order and the main process writes the bank: the same files, bit
 for bit, as one process makes on the same hardware. The pairing permutation is drawn from the
 stage seed alone, so it does not depend on the process count either.
+
+With `condition: caption` each fake pair comes from one real caption: caption ``i`` is a clip's
+caption drawn from the stage seed, and both bases are prompted with it independently, each
+with its own CFG weight (``cfg.audio``, ``cfg.video``). Pair ``i`` is then audio ``i`` with video
+``i`` (no permutation: the caption pairs them), and the bank records the caption of each pair
+(``prompt.safetensors``: its index in the prompt table; ``bank.json``: the texts).
 """
 from __future__ import annotations
 
@@ -21,24 +27,26 @@ from tqdm import tqdm
 
 from mmdisco import distributed as dist
 from mmdisco import tracking
-from mmdisco.bases import load_base
 from mmdisco.config import to_dict
 from mmdisco.guidance.sampler import item_seeds, sample_single
 from mmdisco.io import atomic_path, save_tensors, write_json
+from stages.bases import load_bases
 from stages.common import Timer, load, params_option, stage_seed, user_errors
 
 
 def sample_bank(base, n: int, steps: int, batch_size: int, seed: int, label: str,
-                eta: float = 0.0) -> torch.Tensor:
-    """``n`` independent samples, item ``i`` from ``item_seeds(seed, n)[i]``; this process
-    samples its share of the batches, and every process gets all ``n`` in item order."""
+                eta: float = 0.0, cond: torch.Tensor | None = None) -> torch.Tensor:
+    """``n`` independent samples, item ``i`` from ``item_seeds(seed, n)[i]`` (and prompted
+    with ``cond[i]`` when given); this process samples its share of the batches, and every
+    process gets all ``n`` in item order."""
     seeds, device = item_seeds(seed, n), dist.device()
     bar = tqdm(total=len(dist.batch_shard(n, batch_size)), desc=f"fakes {label}", unit="batch",
                leave=False, disable=not dist.is_main())
 
     def batch(lo: int, hi: int):
         x, _ = sample_single(base, num_samples=hi - lo, steps=steps, item_seeds=seeds[lo:hi],
-                             kind="ddim", eta=eta, device=device)
+                             kind="ddim", eta=eta, device=device,
+                             cond=None if cond is None else cond[lo:hi])
         bar.update()
         return (x.cpu(),), None
 
@@ -48,13 +56,24 @@ def sample_bank(base, n: int, steps: int, batch_size: int, seed: int, label: str
 
 
 def fake_bank(base_a, base_v, *, num_pairs: int, steps: int, batch_size: int, eta: float,
-              seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(audio, video)``: independent samples of each base, video paired by a permutation
-    drawn from ``seed`` (the same with any number of processes)."""
-    audio = sample_bank(base_a, num_pairs, steps, batch_size, seed, "audio", eta)
-    video = sample_bank(base_v, num_pairs, steps, batch_size, seed, "video", eta)
-    pairing = torch.randperm(num_pairs, generator=torch.Generator().manual_seed(seed))
-    return audio, video[pairing]
+              seed: int, table=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(audio, video, prompt)``: independent samples of each base. Unconditional
+    (``table=None``): video paired by a permutation drawn from ``seed`` (the same with any number
+    of processes), ``prompt`` None. Conditional: pair ``i`` prompted with the caption of a clip
+    drawn from ``seed``, ``prompt[i]`` its index in ``table.prompts``."""
+    if table is None:
+        audio = sample_bank(base_a, num_pairs, steps, batch_size, seed, "audio", eta)
+        video = sample_bank(base_v, num_pairs, steps, batch_size, seed, "video", eta)
+        pairing = torch.randperm(num_pairs, generator=torch.Generator().manual_seed(seed))
+        return audio, video[pairing], None
+    clips = torch.randint(len(table.clip_prompt), (num_pairs,),
+                          generator=torch.Generator().manual_seed(seed))
+    prompt = table.clip_prompt[clips]
+    audio = sample_bank(base_a, num_pairs, steps, batch_size, seed, "audio", eta,
+                        cond=table.embeddings("audio", prompt))
+    video = sample_bank(base_v, num_pairs, steps, batch_size, seed, "video", eta,
+                        cond=table.embeddings("video", prompt))
+    return audio, video, prompt
 
 
 @click.command("sample-fakes")
@@ -63,29 +82,41 @@ def fake_bank(base_a, base_v, *, num_pairs: int, steps: int, batch_size: int, et
               default="models/base_audio", show_default=True)
 @click.option("--video-base", type=click.Path(file_okay=False, path_type=Path),
               default="models/base_video", show_default=True)
+@click.option("--latents", "latents_dir", type=click.Path(file_okay=False, path_type=Path),
+              default="data/latents", show_default=True,
+              help="condition: caption: the prompt table stored by `encode`")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default="data/fakes",
               show_default=True)
 @user_errors
-def main(params_path: Path, audio_base: Path, video_base: Path, out: Path) -> None:
-    """Sample each base model independently and pair the samples at random (fakes.*)."""
+def main(params_path: Path, audio_base: Path, video_base: Path, latents_dir: Path,
+         out: Path) -> None:
+    """Sample each base model independently and pair the samples at random, or by caption
+    (fakes.*, condition, cfg.*)."""
     params = load(params_path)
     cfg, timer = params.fakes, Timer()
-    device = dist.device()
-    base_a, base_v = (dist.to_device(load_base(b), device) for b in (audio_base, video_base))
+    base_a, base_v, table = load_bases(params, audio_base, video_base, latents_dir)
     seed = stage_seed(params.seed, "sample_fakes")
-    audio, video = fake_bank(base_a, base_v, num_pairs=cfg.num_pairs, steps=cfg.steps,
-                             batch_size=cfg.batch_size, eta=cfg.eta, seed=seed)
+    audio, video, prompt = fake_bank(base_a, base_v, num_pairs=cfg.num_pairs, steps=cfg.steps,
+                                     batch_size=cfg.batch_size, eta=cfg.eta, seed=seed,
+                                     table=table)
     if dist.is_main():
         with atomic_path(out) as tmp:
             tmp.mkdir()
             save_tensors(tmp / "audio.safetensors", {"latents": audio})
             save_tensors(tmp / "video.safetensors", {"latents": video})
-            write_json(tmp / "bank.json", {"num_pairs": cfg.num_pairs, "steps": cfg.steps,
-                                          "eta": cfg.eta, "seed": seed, "seeding": "per-item"})
+            bank = {"num_pairs": cfg.num_pairs, "steps": cfg.steps, "eta": cfg.eta, "seed": seed,
+                    "seeding": "per-item", "condition": params.condition}
+            if prompt is not None:
+                save_tensors(tmp / "prompt.safetensors", {"prompt": prompt})
+                bank.update(cfg_audio=params.cfg.audio, cfg_video=params.cfg.video,
+                            captions=[table.prompts[i] for i in prompt.tolist()])
+            write_json(tmp / "bank.json", bank)
         summary = {"pairs": cfg.num_pairs, "seconds": timer.seconds, "processes": dist.world_size(),
                    "pairs_per_second": round(cfg.num_pairs / max(timer.seconds, 1e-9), 2)}
         click.echo(f"sample_fakes: {cfg.num_pairs} pairs in {summary['seconds']} s "
                    f"({dist.world_size()} process(es)) -> {out}")
-        with tracking.stage_run("sample_fakes", {"seed": params.seed, "fakes": to_dict(cfg)}):
+        with tracking.stage_run("sample_fakes", {"seed": params.seed, "fakes": to_dict(cfg),
+                                                 "condition": params.condition,
+                                                 "cfg": to_dict(params.cfg)}):
             tracking.log_metrics(summary)
     dist.barrier()

@@ -47,16 +47,23 @@ def main(params_path: Path, modality: str, latents_dir: Path, out: Path, checkpo
     params = load(params_path)
     cfg = getattr(params.base, modality)
     latents = load_tensors(latents_dir / f"{modality}.safetensors")["latents"]
+    cond = uncond = None
+    if params.condition == "caption":   # (latent, caption embedding) pairs, for CFG
+        from mmdisco.prompts import PromptTable
+
+        table = PromptTable(latents_dir)
+        cond, uncond = table.embeddings(modality, table.clip_prompt), table.null(modality)
     work = checkpoints or Path("checkpoints") / f"base_{modality}"
     curve: list[dict] = []
-    with tracking.stage_run(f"train_base_{modality}", {"seed": params.seed,
+    with tracking.stage_run(f"train_base_{modality}", {"seed": params.seed, "condition":
+                                                       params.condition,
                                                        f"base.{modality}": to_dict(cfg)}) as run:
         def log(step: int, stats: dict) -> None:
             curve.append({"step": step, **{k: round(float(v), 6) for k, v in stats.items()}})
             tracking.log_metrics(stats, step=step)
 
         summary = train_base(latents, cfg, work, seed=stage_seed(params.seed, f"base_{modality}"),
-                             log=log)
+                             log=log, cond=cond, uncond=uncond)
         summary["mlflow_run_id"] = run.info.run_id
         tracking.log_metrics({k: v for k, v in summary.items() if k != "resumed_from"})
     with atomic_path(out) as tmp:

@@ -81,7 +81,7 @@ def critic_run(ckpt: Path, accelerator=None) -> Critic:
 
 def bank(**overrides) -> tuple[torch.Tensor, torch.Tensor]:
     base_a, base_v = bases()
-    return fake_bank(base_a, base_v, **{**BANK, **overrides})
+    return fake_bank(base_a, base_v, **{**BANK, **overrides})[:2]
 
 
 def main(out: Path) -> None:

@@ -269,7 +269,7 @@ def test_sharded_fake_bank_is_exactly_the_one_process_bank(launched):
     with float32_noise(), pytest.MonkeyPatch.context() as mp:
         mp.setattr(sample_fakes, "sample_single",
                    lambda *args, **kw: sample_single(*args, dtype=torch.float64, **kw))
-        a64, v64 = sample_fakes.fake_bank(*(b.double() for b in w.bases()), **w.BANK)
+        a64, v64, _ = sample_fakes.fake_bank(*(b.double() for b in w.bases()), **w.BANK)
     base_a, base_v = w.bases()
     seeds = item_seeds(w.BANK["seed"], w.BANK["num_pairs"])
     bounds = [float32_error_bound(b, "ddim", w.BANK["steps"], seeds) for b in (base_a, base_v)]
@@ -300,7 +300,7 @@ def test_the_stage_launched_with_torchrun_writes_the_one_process_bank(tmp_path):
     assert proc.stdout.count("sample_fakes: 7 pairs") == 1 and "(2 process(es))" in proc.stdout
     base_a, base_v = (load_base(tmp_path / "models" / n) for n in ("base_audio", "base_video"))
     seed = stage_seed(params["seed"], "sample_fakes")
-    audio, video = fake_bank(base_a, base_v, num_pairs=7, steps=3, batch_size=2,
+    audio, video, _ = fake_bank(base_a, base_v, num_pairs=7, steps=3, batch_size=2,
                              eta=params["fakes"]["eta"], seed=seed)
     out = tmp_path / "data" / "fakes"
     assert torch.equal(load_tensors(out / "audio.safetensors")["latents"], audio)

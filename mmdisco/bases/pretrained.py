@@ -231,7 +231,10 @@ class PretrainedBase(torch.nn.Module):
     def _to_unet(self, x: torch.Tensor) -> torch.Tensor: return x
     def _from_unet(self, x: torch.Tensor) -> torch.Tensor: return x
     def _unet(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor: ...
-    def _embed(self, encoder, tokens, device) -> torch.Tensor: ...
+    TEXT_ENCODER = ""   # the transformers class of text_encoder/
+
+    @staticmethod
+    def _embed(encoder, tokens, device) -> torch.Tensor: ...
     def _cond_shape(self) -> tuple[int, ...]: ...
 
     def num_parameters(self) -> int:
@@ -301,7 +304,10 @@ class AudioLDMBase(PretrainedBase):
     def _unet(self, x, t, cond):
         return self.unet(x, t, encoder_hidden_states=None, class_labels=cond).sample
 
-    def _embed(self, encoder, tokens, device):
+    TEXT_ENCODER = "ClapTextModelWithProjection"
+
+    @staticmethod
+    def _embed(encoder, tokens, device):
         out = encoder(tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device))
         return torch.nn.functional.normalize(out.text_embeds, dim=-1)
 
@@ -367,7 +373,10 @@ class AnimateDiffBase(PretrainedBase):
         frames = x.shape[2]   # UNetMotionModel folds frames into the batch; so must the prompt
         return self.unet(x, t, encoder_hidden_states=cond.repeat_interleave(frames, dim=0)).sample
 
-    def _embed(self, encoder, tokens, device):
+    TEXT_ENCODER = "CLIPTextModel"
+
+    @staticmethod
+    def _embed(encoder, tokens, device):
         mask = None
         if getattr(encoder.config, "use_attention_mask", False):
             mask = tokens.attention_mask.to(device)
@@ -429,6 +438,28 @@ class AnimateDiffBase(PretrainedBase):
 KINDS = {"audioldm": AudioLDMBase, "animatediff": AnimateDiffBase}
 
 
+def load_text_encoder(kind: str, model: str | Path, *, device: str = "auto", dtype: str = "auto",
+                      local_files_only: bool = False):
+    """``embed(prompts) -> Tensor``: a pretrained base's own frozen text encoder (its
+    ``text_encoder/`` and ``tokenizer/``) without its UNet; the embeddings ``eps(cond=)`` takes."""
+    import transformers
+    if kind not in KINDS:
+        raise ValueError(f"base kind {kind!r} has no pretrained text encoder; choose one of "
+                         f"{', '.join(KINDS)}")
+    cls = KINDS[kind]
+    dev = resolve_device(device)
+    enc, tok = _load_text(str(model), getattr(transformers, cls.TEXT_ENCODER),
+                          local_files_only=local_files_only)
+    enc = enc.eval().requires_grad_(False).to(dev, resolve_dtype(dtype, dev))
+
+    def embed(prompts: list[str]) -> torch.Tensor:
+        tokens = tok(list(prompts), padding="max_length", max_length=tok.model_max_length,
+                     truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            return cls._embed(enc, tokens, dev)
+    return embed
+
+
 def from_config(cfg, latent_shape: tuple[int, ...]) -> PretrainedBase:
     """A pretrained base from ``base.<modality>`` (a ``TrainBaseConfig`` whose kind is not tiny)."""
     if cfg.kind not in KINDS:
@@ -437,7 +468,7 @@ def from_config(cfg, latent_shape: tuple[int, ...]) -> PretrainedBase:
     extra = {"motion_adapter": p.motion_adapter, "forward_chunking": p.forward_chunking} \
         if cfg.kind == "animatediff" else {}
     return KINDS[cfg.kind].from_pretrained(
-        p.model, latent_shape=tuple(latent_shape), guidance_scale=p.guidance_scale,
+        p.model, latent_shape=tuple(latent_shape),
         device=p.device, dtype=p.dtype, timestep_spacing=p.timestep_spacing,
         beta_schedule=p.beta_schedule, offload=p.offload, cfg_batch=p.cfg_batch, **extra)
 

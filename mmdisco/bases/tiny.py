@@ -96,9 +96,22 @@ def tile_rows(frames: int) -> int:
     return max(d for d in range(1, math.isqrt(frames) + 1) if frames % d == 0)
 
 
-def build_unet(cfg: TinyBaseConfig, latent_shape: tuple[int, ...]) -> torch.nn.Module:
-    """A freshly initialised diffusers UNet for latents of ``latent_shape``."""
+def _condition(unet: torch.nn.Module, cond_dim: int) -> torch.nn.Module:
+    """Give a ``class_embed_type="identity"`` UNet2DModel a learned projection of the prompt
+    embedding ``[N, cond_dim]``, added to the timestep embedding (diffusers adds
+    ``class_embedding(class_labels)`` to it)."""
+    temb = unet.time_embedding.linear_2.out_features
+    unet.class_embedding = torch.nn.Linear(cond_dim, temb)
+    return unet
+
+
+def build_unet(cfg: TinyBaseConfig, latent_shape: tuple[int, ...], cond_dim: int = 0) -> torch.nn.Module:
+    """A freshly initialised diffusers UNet for latents of ``latent_shape``; with ``cond_dim``
+    it also takes a prompt embedding of that size (``TinyBase.forward(..., cond)``)."""
     check_shape(cfg, latent_shape)
+    if cond_dim and cfg.arch != "unet2d":
+        raise ConfigError(f"a conditional tiny base (condition: caption) needs arch 'unet2d'; "
+                          f"got {cfg.arch!r}")
     pattern, axes = unet_layout(cfg, latent_shape)
     ch, *size = rearrange(torch.zeros(1, *latent_shape), pattern, **axes).shape[1:]
     if cfg.arch == "unet1d":
@@ -114,11 +127,13 @@ def build_unet(cfg: TinyBaseConfig, latent_shape: tuple[int, ...]) -> torch.nn.M
                  for i in range(len(cfg.channels)))
     up = tuple("AttnUpBlock2D" if i in cfg.attn_levels else "UpBlock2D"
                for i in reversed(range(len(cfg.channels))))
-    return UNet2DModel(
+    unet = UNet2DModel(
         sample_size=tuple(size), in_channels=ch, out_channels=ch,
         block_out_channels=tuple(cfg.channels), down_block_types=down, up_block_types=up,
         layers_per_block=cfg.layers_per_block, norm_num_groups=cfg.norm_groups,
-        attention_head_dim=cfg.attn_head_dim, add_attention=cfg.mid_attention)
+        attention_head_dim=cfg.attn_head_dim, add_attention=cfg.mid_attention,
+        class_embed_type="identity" if cond_dim else None)
+    return _condition(unet, cond_dim) if cond_dim else unet
 
 
 def make_scheduler(cfg: TinyBaseConfig, kind: str):
@@ -135,16 +150,28 @@ def make_scheduler(cfg: TinyBaseConfig, kind: str):
 
 
 class TinyBase(torch.nn.Module):
-    """A tiny diffusers UNet seen through the ``BaseModel`` protocol (ε out, any parameterisation inside)."""
+    """A tiny diffusers UNet seen through the ``BaseModel`` protocol (ε out, any parameterisation inside).
+
+    Conditional (``cond_dim > 0``, trained with ``condition: caption``): ``eps(x_t, t, cond)``
+    takes prompt embeddings ``[N, cond_dim]`` and applies the base's own classifier-free
+    guidance ``ε = ε_u + w (ε_c − ε_u)``, ``w = guidance_scale``, ``ε_u`` the prediction for
+    ``uncond`` (the empty prompt's embedding it was trained with); ``cond=None`` gives ``ε_u``.
+    """
 
     def __init__(self, cfg: TinyBaseConfig, latent_shape: tuple[int, ...],
-                 unet: torch.nn.Module | None = None):
+                 unet: torch.nn.Module | None = None, *, cond_dim: int = 0,
+                 uncond: torch.Tensor | None = None, guidance_scale: float = 1.0):
         super().__init__()
         self.cfg = check_config(cfg)
         self.latent_shape = tuple(int(s) for s in latent_shape)
         self.modality = modality_of(self.latent_shape)
         self.num_train_timesteps = cfg.num_train_timesteps
-        self.unet = unet if unet is not None else build_unet(cfg, self.latent_shape)
+        self.cond_dim = int(cond_dim)
+        self.unet = unet if unet is not None else build_unet(cfg, self.latent_shape, self.cond_dim)
+        self.guidance_scale = float(guidance_scale)
+        self.uncond = None
+        if self.cond_dim:
+            self.set_uncond(torch.zeros(1, self.cond_dim) if uncond is None else uncond)
         self._layout = unet_layout(cfg, self.latent_shape)
         self._alpha_bar = make_scheduler(cfg, "ddpm").alphas_cumprod.to(torch.float64)
         self.data_mean = 0.0 if cfg.data_mean is None else cfg.data_mean
@@ -167,9 +194,34 @@ class TinyBase(torch.nn.Module):
         saturated and leave only the ``sqrt(1 − ᾱ_prev) ε̂`` term, which moves the sample
         AGAINST the guidance gradient.
         """
-        if cond is not None:
-            raise ValueError("tiny bases are unconditional; pass cond=None")
-        return self.constrain_eps(self.output_to_eps(self.forward(x_t, t), x_t, t), x_t, t)
+        if not self.cond_dim:
+            if cond is not None:
+                raise ValueError("this tiny base is unconditional (trained with condition: none); "
+                                 "pass cond=None")
+            return self.constrain_eps(self.output_to_eps(self.forward(x_t, t), x_t, t), x_t, t)
+        n, w = x_t.shape[0], self.guidance_scale
+        uncond = self.uncond.to(x_t.device, x_t.dtype).expand(n, -1)
+        if cond is None:
+            out = self.forward(x_t, t, uncond)
+        else:
+            cond = self._check_cond(cond, n).to(x_t.device, x_t.dtype)
+            if w == 1.0:
+                out = self.forward(x_t, t, cond)
+            else:   # one pass over [uncond; cond]
+                out_u, out_c = self.forward(torch.cat([x_t, x_t]), torch.cat([t, t]),
+                                            torch.cat([uncond, cond])).chunk(2)
+                out = out_u + w * (out_c - out_u)
+        return self.constrain_eps(self.output_to_eps(out, x_t, t), x_t, t)
+
+    def set_uncond(self, uncond: torch.Tensor) -> None:
+        """The empty prompt's embedding (one row), used for ``cond=None`` and for CFG."""
+        self.uncond = self._check_cond(uncond.detach().float().reshape(1, -1), 1)
+
+    def _check_cond(self, cond: torch.Tensor, n: int) -> torch.Tensor:
+        if cond.ndim != 2 or cond.shape[0] != n or cond.shape[1] != self.cond_dim:
+            raise ValueError(f"{self.modality} base expects prompt embeddings [{n}, "
+                             f"{self.cond_dim}], got {list(cond.shape)}")
+        return cond
 
     def constrain_eps(self, eps: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """ε whose implied ``x̂_0`` lies in ``[-1, 1]`` (``clip_sample``; identity otherwise).
@@ -242,15 +294,22 @@ class TinyBase(torch.nn.Module):
         return snr + 1.0 / self.sigma_data ** 2
 
     # ------------------------------------------------------------------ network
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The raw network output (per ``cfg.prediction_type``) in the latent layout."""
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor,
+                cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The raw network output (per ``cfg.prediction_type``) in the latent layout; a
+        conditional base needs ``cond`` (prompt embeddings, ``[N, cond_dim]``)."""
         self._check_input(x_t, t)
+        if self.cond_dim and cond is None:
+            raise ValueError("a conditional base's forward needs cond (the empty prompt's "
+                             "embedding for unconditional rows)")
         if self.cfg.prediction_type == "edm":
             c = self._edm(t, x_t)
             x_t = c["c_in"] * (x_t - c["a"] * self.data_mean)
         pattern, axes = self._layout
         lhs, rhs = pattern.split(" -> ")
-        out = self.unet(rearrange(x_t, pattern, **axes), t.to(x_t.device).long()).sample
+        labels = None if not self.cond_dim else cond.to(x_t.device, x_t.dtype)
+        out = self.unet(rearrange(x_t, pattern, **axes), t.to(x_t.device).long(),
+                        class_labels=labels).sample
         return rearrange(out, f"{rhs} -> {lhs}", **axes)
 
     def _check_input(self, x_t: torch.Tensor, t: torch.Tensor) -> None:
@@ -272,7 +331,9 @@ class TinyBase(torch.nn.Module):
                 # order between processes: keep them out, so equal runs write equal bytes
                 "scheduler": {k: v for k, v in self.make_scheduler("ddim").config.items()
                               if not k.startswith("_")},
-                "num_parameters": self.num_parameters()}
+                "num_parameters": self.num_parameters(),
+                **({"cond_dim": self.cond_dim, "uncond": self.uncond[0].tolist()}
+                   if self.cond_dim else {})}
 
     def save(self, path: str | Path) -> None:
         """Write ``unet/`` (save_pretrained) then ``base.json`` (with a weights hash), each atomically."""
@@ -290,9 +351,20 @@ class TinyBase(torch.nn.Module):
         if _weights_hash(path) != meta.get("weights_sha256"):
             raise ValueError(f"{path / UNET_DIR} does not match {path / CONFIG_FILE} (an "
                              f"interrupted write?); retrain the base (`dvc repro`)")
+        cond_dim = int(meta.get("cond_dim", 0))
         unet_cls = UNet1DModel if cfg.arch == "unet1d" else UNet2DModel
-        unet = unet_cls.from_pretrained(path / UNET_DIR)
-        base = cls(cfg, tuple(meta["latent_shape"]), unet=unet)
+        if cond_dim:   # the prompt projection is ours: build, then load every weight strictly
+            from safetensors.torch import load_file
+            unet = _condition(UNet2DModel.from_config(UNet2DModel.load_config(path / UNET_DIR)),
+                              cond_dim)
+            state = {}
+            for f in sorted((path / UNET_DIR).glob("*.safetensors")):
+                state.update(load_file(f))
+            unet.load_state_dict(state, strict=True)
+        else:
+            unet = unet_cls.from_pretrained(path / UNET_DIR)
+        uncond = torch.tensor(meta["uncond"]).reshape(1, -1) if cond_dim else None
+        base = cls(cfg, tuple(meta["latent_shape"]), unet=unet, cond_dim=cond_dim, uncond=uncond)
         return base.eval().requires_grad_(False)
 
 

@@ -52,12 +52,12 @@ def loss_weight(cfg: TrainBaseConfig, base: TinyBase, t: torch.Tensor) -> torch.
 
 
 def diffusion_loss(base: TinyBase, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                   cfg: TrainBaseConfig) -> torch.Tensor:
+                   cfg: TrainBaseConfig, cond: torch.Tensor | None = None) -> torch.Tensor:
     """Weighted MSE between the network output and its target at timesteps ``t``."""
     a = sqrt_alpha_bar(base.alphas_cumprod(), t, x0)
     s = sigma(base.alphas_cumprod(), t, x0)
     x_t = a * x0 + s * noise
-    per_sample = (base(x_t, t) - base.target(x0, noise, t)).square().flatten(1).mean(1)
+    per_sample = (base(x_t, t, cond) - base.target(x0, noise, t)).square().flatten(1).mean(1)
     return (loss_weight(cfg, base, t).to(x0.dtype) * per_sample).mean()
 
 
@@ -69,9 +69,12 @@ def resolve_data_stats(cfg: TinyBaseConfig, latents: torch.Tensor) -> TinyBaseCo
 
 
 # --------------------------------------------------------------------------- state
-def _fingerprint(latents: torch.Tensor, cfg: TrainBaseConfig, seed: int) -> str:
+def _fingerprint(latents: torch.Tensor, cfg: TrainBaseConfig, seed: int,
+                 cond: torch.Tensor | None = None, uncond: torch.Tensor | None = None) -> str:
     """What a checkpoint must have been made from to be resumed."""
-    return checkpoint.fingerprint("base", latents, to_dict(cfg), seed)
+    if cond is None:
+        return checkpoint.fingerprint("base", latents, to_dict(cfg), seed)
+    return checkpoint.fingerprint("base", latents, to_dict(cfg), seed, cond, uncond)
 
 
 def _check_latents(latents: torch.Tensor, cfg: TrainBaseConfig) -> None:
@@ -87,8 +90,13 @@ def _check_latents(latents: torch.Tensor, cfg: TrainBaseConfig) -> None:
 
 # --------------------------------------------------------------------------- loop
 def train_base(latents: torch.Tensor, cfg: TrainBaseConfig, out_dir: Path, *, seed: int,
-               log: Callable[[int, dict], None] | None = None) -> dict:
+               log: Callable[[int, dict], None] | None = None, cond: torch.Tensor | None = None,
+               uncond: torch.Tensor | None = None) -> dict:
     """Train a ``TinyBase`` on ``latents``; save its EMA weights to ``out_dir``; return a summary.
+
+    ``cond`` (``[N, E]``, one prompt embedding per latent) and ``uncond`` (``[1, E]``, the empty
+    prompt's) train a conditional base: each row is given ``uncond`` instead of its prompt with
+    probability ``cfg.cond_dropout``, so that one network learns ``ε_c`` and ``ε_u`` (CFG).
 
     A pretrained kind (``base.<m>.kind: audioldm | animatediff``) is not trained: its weights
     are checked against the latents and referenced from ``out_dir/base.json``.
@@ -101,19 +109,27 @@ def train_base(latents: torch.Tensor, cfg: TrainBaseConfig, out_dir: Path, *, se
     check_config(cfg, "base")
     latents = latents.detach().float().cpu().contiguous()
     _check_latents(latents, cfg)
+    if cond is not None:
+        cond = cond.detach().float().cpu().reshape(len(cond), -1)
+        if len(cond) != len(latents):
+            raise ValueError(f"{len(cond)} prompt embeddings for {len(latents)} latents; give one "
+                             f"per latent (re-run the encode stage)")
+        uncond = torch.zeros(1, cond.shape[1]) if uncond is None else \
+            uncond.detach().float().cpu().reshape(1, -1)
     started = time.perf_counter()
     # 1. model, EMA copy, optimiser, generator
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG left untouched
         torch.manual_seed(seed)
-        base = TinyBase(resolve_data_stats(cfg.model, latents), tuple(latents.shape[1:]))
+        base = TinyBase(resolve_data_stats(cfg.model, latents), tuple(latents.shape[1:]),
+                        cond_dim=0 if cond is None else cond.shape[1], uncond=uncond)
     ema = copy.deepcopy(base.unet).requires_grad_(False)
     params = [p for p in base.unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, cfg.adam_beta2),
                             weight_decay=cfg.weight_decay)
     # 2. resume
     ckpt = out_dir / CHECKPOINT_DIR
-    fingerprint = _fingerprint(latents, cfg, seed)
+    fingerprint = _fingerprint(latents, cfg, seed, cond, uncond)
     step, last = 0, {}
     state = checkpoint.load(ckpt, fingerprint)  # None when absent or made by another run
     if state is not None:
@@ -130,8 +146,8 @@ def train_base(latents: torch.Tensor, cfg: TrainBaseConfig, out_dir: Path, *, se
     while step < cfg.steps:
         for group in opt.param_groups:
             group["lr"] = learning_rate(cfg, step)
-        x0, t, noise = _draw_batch(latents, cfg, base.num_train_timesteps, gen)
-        loss = diffusion_loss(base, x0, t, noise, cfg)
+        x0, t, noise, c = _draw_batch(latents, cfg, base.num_train_timesteps, gen, cond, uncond)
+        loss = diffusion_loss(base, x0, t, noise, cfg, c)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
@@ -154,7 +170,8 @@ def train_base(latents: torch.Tensor, cfg: TrainBaseConfig, out_dir: Path, *, se
                                          "optimizer": opt.state_dict(), "generator": gen.get_state(),
                                          "last": last}, fingerprint)
     # 4. final model = EMA weights
-    final = TinyBase(base.cfg, base.latent_shape, unet=ema)
+    final = TinyBase(base.cfg, base.latent_shape, unet=ema, cond_dim=base.cond_dim,
+                     uncond=base.uncond)
     final.save(out_dir)
     return {"steps": cfg.steps, "resumed_from": resumed_from, "final_loss": last.get("loss"),
             "wall_s": time.perf_counter() - started, "num_parameters": final.num_parameters(),
@@ -162,8 +179,10 @@ def train_base(latents: torch.Tensor, cfg: TrainBaseConfig, out_dir: Path, *, se
 
 
 def _draw_batch(latents: torch.Tensor, cfg: TrainBaseConfig, num_timesteps: int,
-                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Batch of clean latents, timesteps and noise, all drawn from ``gen``."""
+                gen: torch.Generator, cond: torch.Tensor | None = None,
+                uncond: torch.Tensor | None = None):
+    """Batch of clean latents, timesteps, noise and (conditional) prompt embeddings with
+    dropout, all drawn from ``gen`` (the unconditional draws come first, as without ``cond``)."""
     idx = torch.randint(latents.shape[0], (cfg.batch_size,), generator=gen)
     x0 = latents[idx]
     if cfg.hflip:
@@ -171,4 +190,7 @@ def _draw_batch(latents: torch.Tensor, cfg: TrainBaseConfig, num_timesteps: int,
         x0 = torch.where(flip.reshape(-1, 1, 1, 1, 1), x0.flip(-1), x0)
     t = torch.randint(num_timesteps, (cfg.batch_size,), generator=gen)
     noise = torch.randn(x0.shape, generator=gen)
-    return x0, t, noise
+    if cond is None:
+        return x0, t, noise, None
+    drop = torch.rand(cfg.batch_size, generator=gen) < cfg.cond_dropout
+    return x0, t, noise, torch.where(drop[:, None], uncond, cond[idx])

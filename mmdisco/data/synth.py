@@ -47,6 +47,20 @@ def class_pitches(num_classes: int) -> np.ndarray:
     return np.geomspace(LOW_HZ, HIGH_HZ, num_classes)
 
 
+HUE_NAMES = ("red", "orange", "yellow", "chartreuse", "green", "spring green", "cyan", "azure",
+             "blue", "violet", "magenta", "rose")   # every 30° of hue
+
+
+def class_captions(cfg: SynthConfig) -> list[str]:
+    """The caption of each class: ``cfg.vocabulary[k]``, or by default its colour and pitch in
+    words, "a <colour> ball with a <pitch> Hz tone" (hues of K ≤ 8 classes get distinct names)."""
+    if cfg.vocabulary:
+        return list(cfg.vocabulary[:cfg.num_classes])
+    names = [HUE_NAMES[round(12 * k / cfg.num_classes) % 12] for k in range(cfg.num_classes)]
+    return [f"{'an' if name[0] in 'aeiou' else 'a'} {name} ball with a {round(float(hz))} Hz tone"
+            for name, hz in zip(names, class_pitches(cfg.num_classes))]
+
+
 # --------------------------------------------------------------------------- motion
 def _triangle(x: np.ndarray, span: float) -> np.ndarray:
     """Reflect positions ``x`` into [0, span] (bounces off two walls)."""
@@ -138,7 +152,7 @@ def render_clip(cfg: SynthConfig, rng: np.random.Generator) -> tuple[np.ndarray,
     contact_times = [f / cfg.fps for f in motion["contact_frames"]]
     video = _render_video(cfg, rng, motion, colour)
     audio = _render_audio(cfg, rng, contact_times, pitch, amplitude)
-    truth = {"class": k, "pitch_hz": pitch, "colour": [int(c) for c in colour],
+    truth = {"class": k, "caption": class_captions(cfg)[k], "pitch_hz": pitch, "colour": [int(c) for c in colour],
              "contact_times": contact_times, "amplitude": amplitude,
              "fps": cfg.fps, "sample_rate": cfg.sample_rate, "seconds": cfg.seconds,
              "num_frames": num_frames, "num_samples": len(audio), "size": cfg.size,

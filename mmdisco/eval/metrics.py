@@ -129,8 +129,14 @@ def _percentiles(values: np.ndarray, confidence: float) -> list[float]:
 
 
 def pair_metrics(video_reads: Sequence[VideoReading], audio_reads: Sequence[AudioReading], *,
-                 num_classes: int, bootstrap: int, confidence: float, seed: int) -> dict:
-    """Score pairs (``video_reads[i]``, ``audio_reads[i]``): a flat, JSON-able dict."""
+                 num_classes: int, bootstrap: int, confidence: float, seed: int,
+                 prompt_classes: Sequence[int] | None = None) -> dict:
+    """Score pairs (``video_reads[i]``, ``audio_reads[i]``): a flat, JSON-able dict.
+
+    ``prompt_classes[i]``: the class that pair ``i`` was prompted with (``-1``: a prompt that
+    names no class, left out). Adds ``prompt_agreement_<m>``, the fraction of prompted pairs
+    whose modality ``m`` decodes to the prompted class (an invalid reading disagrees).
+    """
     if len(video_reads) != len(audio_reads):
         raise ValueError(f"pair_metrics needs as many video as audio readings; got "
                          f"{len(video_reads)} and {len(audio_reads)}")
@@ -163,12 +169,21 @@ def pair_metrics(video_reads: Sequence[VideoReading], audio_reads: Sequence[Audi
     _proportion(out, "aligned_fraction", aligned, confidence)
     _bootstrap_balance(out, "class_balance_audio", cls_a, num_classes, rng, bootstrap, confidence)
     _bootstrap_balance(out, "class_balance_video", cls_v, num_classes, rng, bootstrap, confidence)
+    if prompt_classes is not None:
+        prompted = np.asarray(prompt_classes, dtype=np.int64)
+        if prompted.shape != (len(video_reads),):
+            raise ValueError(f"prompt_classes needs one class per pair ({len(video_reads)}); got "
+                             f"shape {prompted.shape}")
+        known = prompted >= 0
+        for what, reads in (("audio", audio_reads), ("video", video_reads)):
+            hit = np.array([r.valid and r.cls == c for r, c in zip(reads, prompted)], dtype=bool)
+            _proportion(out, f"prompt_agreement_{what}", hit[known], confidence)
     return out
 
 
 def evaluate_clips(videos, mel_db, *, mel_hz, mel_frame_rate: float, fps: float,
                    num_classes: int, bootstrap: int, confidence: float, seed: int,
-                   shuffle: bool = False) -> dict:
+                   shuffle: bool = False, prompt_classes: Sequence[int] | None = None) -> dict:
     """Decode uint8 videos ``[N, F, H, W, 3]`` and dB mels ``[N, T, M]``, then score the pairs.
 
     With ``shuffle`` the audio of clip i is paired with the video of clip
@@ -185,4 +200,4 @@ def evaluate_clips(videos, mel_db, *, mel_hz, mel_frame_rate: float, fps: float,
         partner = shuffle_pairs(len(video_reads), seed)
         video_reads = [video_reads[j] for j in partner]
     return pair_metrics(video_reads, audio_reads, num_classes=num_classes, bootstrap=bootstrap,
-                        confidence=confidence, seed=seed)
+                        confidence=confidence, seed=seed, prompt_classes=prompt_classes)

@@ -47,11 +47,15 @@ def save_png(path: Path, image: np.ndarray) -> None:
 
 
 def write_pairs(folder: Path, videos: np.ndarray, audio: np.ndarray, *, fps: int,
-                sample_rate: int, prefix: str, scale: int = 8) -> list[Path]:
-    """Each pair as ``<prefix>_NNN.mp4`` (frames enlarged ``scale``× so a player shows them)."""
+                sample_rate: int, prefix: str, scale: int | None = None,
+                names: list[str] | None = None) -> list[Path]:
+    """Each pair as ``<prefix>_NNN.mp4``, or ``<prefix>_<names[i]>.mp4``; frames enlarged
+    ``scale``× so a player shows them (default: to at least 128 pixels high, ×8 for 16)."""
+    if scale is None:
+        scale = max(1, 128 // int(videos.shape[-3])) if len(videos) else 1
     paths = []
     for i in range(len(videos)):
-        path = folder / f"{prefix}_{i:03d}.mp4"
+        path = folder / f"{prefix}_{names[i] if names is not None else f'{i:03d}'}.mp4"
         write_av(path, upscale(videos[i], scale), fps, audio[i], sample_rate)
         paths.append(path)
     return paths

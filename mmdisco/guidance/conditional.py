@@ -18,30 +18,21 @@ joint sampling is conditional too: ``log r_t(a, v | c)``. Three pieces:
   through a gradient scaler (value unchanged, gradient × s) and returns a scalar whose VALUE is
   ``logit_u + w̄ (logit_c − logit_u)`` (``w̄`` the mean weight) and whose input GRADIENTS are
   exactly the two combinations above. One forward over the 2N rows ``[cond; null]``.
-- ``BoundCondition`` (``D`` with a fixed condition, e.g. for ``train_discriminator``) and
-  ``train_conditional_discriminator``: the method's BCE (real pairs → 1, fake pairs → 0) with a
-  condition per pair and condition dropout (rows trained as unconditional with probability
-  ``cond_dropout``, so that the null branch the guide needs is learned as well). It
-  checkpoints and resumes like ``train_discriminator``; it is single-process and has no DSM
-  term (``train.denoise_weight`` must be 0).
+- ``BoundCondition``: ``D`` with a fixed condition, seen as a plain ``D(a, v, t)``.
+
+Training is ``mmdisco.guidance.train.train_discriminator`` with ``conditions=`` (the same loop
+as the unconditional discriminator: data parallelism, resume, held-out accuracy, the DSM term),
+the condition of each pair given with dropout so that the null branch is learned too.
 """
 from __future__ import annotations
 
 import math
-import time
-from pathlib import Path
-from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from mmdisco import checkpoint
-from mmdisco.bases.protocol import BaseModel, check_pair
-from mmdisco.config import TrainConfig, to_dict
+from mmdisco.bases.protocol import BaseModel
 from mmdisco.guidance.discriminator import Discriminator, _check_inputs
-from mmdisco.guidance.loss import forward_noise
-from mmdisco.guidance.train import derangement
 
 
 def pool_condition(cond: torch.Tensor) -> torch.Tensor:
@@ -176,103 +167,3 @@ class CFGGuide(nn.Module):
         w_mean = 0.5 * (self.w_a + self.w_v)
         value = logit_u + w_mean * (logit_c - logit_u)
         return value.detach() + (carrier - carrier.detach())
-
-
-# --------------------------------------------------------------------------- training
-def conditional_loss(D: ConditionalDiscriminator, alphas_a: torch.Tensor, alphas_v: torch.Tensor,
-                     steps: int, real: tuple[torch.Tensor, ...], fake: tuple[torch.Tensor, ...],
-                     generator: torch.Generator, cond_dropout: float) -> tuple[torch.Tensor, dict]:
-    """BCE of real ``(a0, v0, cond)`` → 1 and fake ``(a0, v0, cond)`` → 0 at noisy timesteps.
-
-    Random draws, in order: t real, t fake, noise real a, real v, fake a, fake v, drop real,
-    drop fake.
-    """
-    (ra, rv, rc), (fa, fv, fc) = real, fake
-    t_r = torch.randint(0, steps, (len(ra),), generator=generator)
-    t_f = torch.randint(0, steps, (len(fa),), generator=generator)
-    noise = [torch.randn(x.shape, generator=generator, dtype=x.dtype) for x in (ra, rv, fa, fv)]
-    drop_r = torch.rand(len(ra), generator=generator) < cond_dropout
-    drop_f = torch.rand(len(fa), generator=generator) < cond_dropout
-    logit_r = D(forward_noise(ra, t_r, noise[0], alphas_a), forward_noise(rv, t_r, noise[1], alphas_v),
-                t_r, cond=rc, drop=drop_r)
-    logit_f = D(forward_noise(fa, t_f, noise[2], alphas_a), forward_noise(fv, t_f, noise[3], alphas_v),
-                t_f, cond=fc, drop=drop_f)
-    loss = (F.binary_cross_entropy_with_logits(logit_r, torch.ones_like(logit_r))
-            + F.binary_cross_entropy_with_logits(logit_f, torch.zeros_like(logit_f)))
-    stats = {"loss": float(loss.detach()), "acc_real": float((logit_r.detach() > 0).float().mean()),
-             "acc_fake": float((logit_f.detach() < 0).float().mean())}
-    return loss, stats
-
-
-def train_conditional_discriminator(D: ConditionalDiscriminator, base_a: BaseModel, base_v: BaseModel, *,
-                                    real_a: torch.Tensor, real_v: torch.Tensor, real_cond: torch.Tensor,
-                                    fake_a: torch.Tensor, fake_v: torch.Tensor, fake_cond: torch.Tensor,
-                                    cfg: TrainConfig, checkpoint_dir: Path, seed: int,
-                                    cond_dropout: float = 0.1,
-                                    log: Callable[[int, dict], None] | None = None) -> dict:
-    """Train ``D`` in place on conditioned pairs; negatives per ``cfg.negatives``.
-
-    ``generated``: fake pairs with the prompt they were generated for (``fake_cond``);
-    ``shuffled``: real audio with another clip's real video, conditioned on the audio's prompt;
-    ``both``: half of each. Same cosine schedule, clipping and checkpointing as
-    ``train_discriminator`` (no held-out split).
-    """
-    check_pair(base_a, base_v)
-    if cfg.denoise_weight != 0:
-        raise ValueError("train_conditional_discriminator has no denoising score term; set "
-                         "train.denoise_weight to 0")
-    if not 0.0 <= cond_dropout < 1.0:
-        raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
-    if not (len(real_a) == len(real_v) == len(real_cond)) or not (len(fake_a) == len(fake_v) == len(fake_cond)):
-        raise ValueError("real (audio, video, cond) and fake (audio, video, cond) must have matching counts")
-    started = time.perf_counter()
-    alphas_a, alphas_v = base_a.alphas_cumprod(), base_v.alphas_cumprod()
-    opt = torch.optim.AdamW(D.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(seed)
-    fp = checkpoint.fingerprint(real_a, real_v, real_cond, fake_a, fake_v, fake_cond, to_dict(cfg),
-                                seed, cond_dropout, getattr(D, "config", None))
-    state = checkpoint.load(checkpoint_dir, fp)
-    step = 0
-    if state is not None:
-        D.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        step = int(state["step"])
-    resumed_from, stats = step, {}
-    D.train()
-    n = cfg.batch_size
-    while step < cfg.steps:
-        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
-        for group in opt.param_groups:
-            group["lr"] = lr
-        idx = torch.randint(len(real_a), (n,), generator=gen)
-        real = (real_a[idx], real_v[idx], real_cond[idx])
-        n_gen = {"generated": n, "shuffled": 0, "both": n - n // 2}[cfg.negatives]
-        parts = []
-        if n_gen:
-            j = torch.randint(len(fake_a), (n_gen,), generator=gen)
-            parts.append((fake_a[j], fake_v[j], fake_cond[j]))
-        if n - n_gen:
-            k = torch.randperm(len(real_a), generator=gen)[: n - n_gen]
-            perm = derangement(len(k), gen)
-            parts.append((real_a[k], real_v[k[perm]], real_cond[k]))
-        fake = tuple(torch.cat([p[i] for p in parts]) for i in range(3))
-        loss, stats = conditional_loss(D, alphas_a, alphas_v, base_a.num_train_timesteps, real, fake,
-                                       gen, cond_dropout)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            stats["grad_norm"] = float(nn.utils.clip_grad_norm_(D.parameters(), cfg.grad_clip))
-        opt.step()
-        step += 1
-        if not math.isfinite(stats["loss"]):
-            raise FloatingPointError(f"discriminator loss became {stats['loss']} at step {step}; "
-                                     f"lower train.lr (now {cfg.lr})")
-        if log is not None and (step % cfg.log_every == 0 or step == cfg.steps):
-            log(step, {"lr": lr, **stats})
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            checkpoint.save(checkpoint_dir, step, {"model": D.state_dict(), "optimizer": opt.state_dict(),
-                                                   "generator": gen.get_state()}, fp)
-    D.eval()
-    return {"steps": cfg.steps, "resumed_from": resumed_from, "wall_s": time.perf_counter() - started,
-            "num_parameters": sum(p.numel() for p in D.parameters()), **stats}

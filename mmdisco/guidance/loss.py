@@ -13,6 +13,12 @@ Data parallelism (``part``): every process draws the random numbers of the WHOLE
 the same generator state, then computes the loss on its own rows ``part`` of the real AND the
 fake pairs. Both BCE terms and the DSM term are means, so with equal parts the mean over
 processes of their losses (and gradients: what DDP averages) is the loss of the whole batch.
+
+Text-conditional (``prompts``, a ``PromptRows`` of this batch): the discriminator sees each
+pair's prompt (``D(a, v, t, cond=, drop=)``, ``mmdisco.guidance.conditional``), and each row is
+trained without it with probability ``prompts.dropout`` (drawn after the noise, so that the
+unconditional draws are those of an unconditional run), which teaches the null branch that the
+guide's CFG needs. The DSM term then completes each base's prompted ε.
 """
 from __future__ import annotations
 
@@ -22,6 +28,30 @@ from torch import nn
 
 from mmdisco.bases.protocol import BaseModel, check_pair, sigma, sqrt_alpha_bar
 from mmdisco.guidance.discriminator import input_gradients
+
+
+class PromptRows:
+    """The prompts of one batch: the discriminator's condition of the real and the fake pairs
+    (``real``, ``fake``: ``[n, E]``), the bases' own embeddings of the real pairs' prompts
+    (``base_a``, ``base_v``; for the DSM term, may be None) and the condition dropout."""
+
+    def __init__(self, real: torch.Tensor, fake: torch.Tensor, dropout: float = 0.0,
+                 base_a: torch.Tensor | None = None, base_v: torch.Tensor | None = None):
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"condition dropout must be in [0, 1), got {dropout}")
+        self.real, self.fake, self.dropout = real, fake, float(dropout)
+        self.base_a, self.base_v = base_a, base_v
+
+
+class _Bound(nn.Module):
+    """``D(a, v, t, cond=rows, drop=mask)`` seen as ``D(a, v, t)``."""
+
+    def __init__(self, D: nn.Module, cond: torch.Tensor, drop: torch.Tensor):
+        super().__init__()
+        self.D, self.cond, self.drop = D, cond, drop
+
+    def forward(self, a_t: torch.Tensor, v_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.D(a_t, v_t, t, cond=self.cond, drop=self.drop)
 
 
 def forward_noise(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
@@ -52,9 +82,10 @@ class DiscriminatorLoss:
     def __call__(self, D: nn.Module, base_a: BaseModel, base_v: BaseModel,
                  real_a0: torch.Tensor, real_v0: torch.Tensor,
                  fake_a0: torch.Tensor, fake_v0: torch.Tensor,
-                 generator: torch.Generator, part: slice | None = None
-                 ) -> tuple[torch.Tensor, dict[str, float]]:
-        """``(loss, stats)``; random draws: t real, t fake, ε real a, real v, fake a, fake v.
+                 generator: torch.Generator, part: slice | None = None,
+                 prompts: PromptRows | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """``(loss, stats)``; random draws: t real, t fake, ε real a, real v, fake a, fake v
+        (then, with ``prompts``, the dropout of the real rows and of the fake rows).
 
         With ``part`` the draws are made for the whole batch (the generator advances exactly as
         without it) and the loss is computed on rows ``part`` of the real and the fake pairs.
@@ -71,6 +102,19 @@ class DiscriminatorLoss:
         t_fake = self._timesteps(n_fake, steps, generator).to(device)
         noise = [torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(device)
                  for x in (real_a0, real_v0, fake_a0, fake_v0)]
+        D_real = D_fake = D
+        base_ca = base_cv = None
+        if prompts is not None:
+            drop_r = torch.rand(n_real, generator=generator, device=generator.device) < prompts.dropout
+            drop_f = torch.rand(n_fake, generator=generator, device=generator.device) < prompts.dropout
+            rc, fc = prompts.real, prompts.fake
+            base_ca, base_cv = prompts.base_a, prompts.base_v
+            if part is not None:
+                drop_r, drop_f, rc, fc = drop_r[part], drop_f[part], rc[part], fc[part]
+                base_ca = None if base_ca is None else base_ca[part]
+                base_cv = None if base_cv is None else base_cv[part]
+            D_real = _Bound(D, rc.to(device), drop_r.to(device))
+            D_fake = _Bound(D, fc.to(device), drop_f.to(device))
         if part is not None:   # this process's rows of the real and of the fake pairs
             if len(range(n_real)[part]) != len(range(n_fake)[part]) or not len(range(n_real)[part]):
                 raise ValueError(f"part {part} must take as many real as fake pairs, at least one")
@@ -84,18 +128,19 @@ class DiscriminatorLoss:
         fake_v = forward_noise(fake_v0, t_fake, noise[3], alphas_v)
 
         if self.denoise_weight > 0:
-            logit_real, grad_a, grad_v = input_gradients(D, real_a, real_v, t_real, create_graph=True)
+            logit_real, grad_a, grad_v = input_gradients(D_real, real_a, real_v, t_real,
+                                                         create_graph=True)
         else:
-            logit_real = D(real_a, real_v, t_real)
-        logit_fake = D(fake_a, fake_v, t_fake)
+            logit_real = D_real(real_a, real_v, t_real)
+        logit_fake = D_fake(fake_a, fake_v, t_fake)
         bce = (F.binary_cross_entropy_with_logits(logit_real, torch.ones_like(logit_real))
                + F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake)))
         loss = bce
         dsm_value = 0.0
         if self.denoise_weight > 0:
             with torch.no_grad():
-                eps_a = base_a.eps(real_a, t_real)
-                eps_v = base_v.eps(real_v, t_real)
+                eps_a = base_a.eps(real_a, t_real, base_ca)
+                eps_v = base_v.eps(real_v, t_real, base_cv)
             dsm = (F.mse_loss(eps_a - sigma(alphas_a, t_real, grad_a) * grad_a, noise[0])
                    + F.mse_loss(eps_v - sigma(alphas_v, t_real, grad_v) * grad_v, noise[1]))
             loss = bce + self.denoise_weight * dsm

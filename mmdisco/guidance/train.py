@@ -49,24 +49,62 @@ def derangement(n: int, generator: torch.Generator) -> torch.Tensor:
 
 def negative_batch(cfg: TrainConfig, real_a: torch.Tensor, real_v: torch.Tensor,
                    fake_a: torch.Tensor, fake_v: torch.Tensor, n: int,
-                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` negative pairs of the configured kind."""
-    def generated(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+                   generator: torch.Generator, real_prompt: torch.Tensor | None = None,
+                   fake_prompt: torch.Tensor | None = None):
+    """``n`` negative pairs of the configured kind: ``(audio, video)``, or with the prompt
+    indices of the real clips and of the fakes, ``(audio, video, prompt)`` (a shuffled pair
+    keeps its audio's prompt)."""
+    def generated(k: int):
         idx = torch.randint(len(fake_a), (k,), generator=generator)
-        return fake_a[idx], fake_v[idx]
+        return fake_a[idx], fake_v[idx], None if fake_prompt is None else fake_prompt[idx]
 
-    def shuffled(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def shuffled(k: int):
         # distinct clips, so that no audio can meet its own video through a repeated index
         idx = torch.randperm(len(real_a), generator=generator)[:k]
         perm = derangement(k, generator)
-        return real_a[idx], real_v[idx[perm]]
+        return real_a[idx], real_v[idx[perm]], None if real_prompt is None else real_prompt[idx]
 
     if cfg.negatives == "generated":
-        return generated(n)
-    if cfg.negatives == "shuffled":
-        return shuffled(n)
-    (ga, gv), (sa, sv) = generated(n - n // 2), shuffled(n // 2)
-    return torch.cat([ga, sa]), torch.cat([gv, sv])
+        parts = [generated(n)]
+    elif cfg.negatives == "shuffled":
+        parts = [shuffled(n)]
+    else:
+        parts = [generated(n - n // 2), shuffled(n // 2)]
+    a, v = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    if real_prompt is None and fake_prompt is None:
+        return a, v
+    return a, v, torch.cat([p[2] for p in parts])
+
+
+class Conditions:
+    """Prompts of a text-conditional discriminator's training data (``condition: caption``).
+
+    ``joint`` ``[P, E]``: the discriminator's condition of each prompt (``joint_condition`` of
+    the bases' embeddings); ``base_a``, ``base_v``: each base's own embeddings of each prompt
+    (needed by the DSM term only); ``real`` ``[N]`` / ``fake`` ``[M]``: the prompt index of each
+    real clip and of each fake pair; ``dropout``: the probability that a row is trained without
+    its prompt.
+    """
+
+    def __init__(self, joint: torch.Tensor, real: torch.Tensor, fake: torch.Tensor, *,
+                 dropout: float = 0.1, base_a: torch.Tensor | None = None,
+                 base_v: torch.Tensor | None = None):
+        if joint.ndim != 2:
+            raise ValueError(f"joint conditions must be [P, E], got {list(joint.shape)}")
+        for name, idx in (("real", real), ("fake", fake)):
+            if idx.ndim != 1 or (len(idx) and (idx.min() < 0 or idx.max() >= len(joint))):
+                raise ValueError(f"{name} prompt indices must be [N] positions in the {len(joint)} "
+                                 f"prompts")
+        self.joint, self.real, self.fake = joint.float(), real.long(), fake.long()
+        self.dropout, self.base_a, self.base_v = float(dropout), base_a, base_v
+
+    def rows(self, real_prompt: torch.Tensor, fake_prompt: torch.Tensor):
+        """The ``PromptRows`` of a batch, from its real and negative pairs' prompt indices."""
+        from mmdisco.guidance.loss import PromptRows
+
+        pick = (lambda table: None if table is None else table[real_prompt])
+        return PromptRows(self.joint[real_prompt], self.joint[fake_prompt], self.dropout,
+                          pick(self.base_a), pick(self.base_v))
 
 
 def _share(accelerator, batch_size: int) -> tuple[int, int, slice | None]:
@@ -104,21 +142,25 @@ def _mean_over_processes(accelerator, stats: dict[str, float]) -> dict[str, floa
 @torch.no_grad()
 def heldout_accuracy(D: nn.Module, base_a: BaseModel, base_v: BaseModel,
                      real_a: torch.Tensor, real_v: torch.Tensor,
-                     fake_a: torch.Tensor, fake_v: torch.Tensor, seed: int) -> dict[str, float]:
-    """Accuracy on held-out real, fake and shuffled pairs at fixed noise levels."""
+                     fake_a: torch.Tensor, fake_v: torch.Tensor, seed: int,
+                     real_cond: torch.Tensor | None = None,
+                     fake_cond: torch.Tensor | None = None) -> dict[str, float]:
+    """Accuracy on held-out real, fake and shuffled pairs at fixed noise levels (a conditional
+    ``D`` sees each pair's prompt: ``real_cond``, ``fake_cond``; a shuffled pair its audio's)."""
     gen = torch.Generator().manual_seed(seed)
     dev = next(D.parameters()).device
     alphas_a, alphas_v = base_a.alphas_cumprod(), base_v.alphas_cumprod()
     perm = derangement(len(real_a), gen)
-    sets = {"real": (real_a, real_v, 1.0), "fake": (fake_a, fake_v, 0.0),
-            "shuffled": (real_a, real_v[perm], 0.0)}
+    sets = {"real": (real_a, real_v, 1.0, real_cond), "fake": (fake_a, fake_v, 0.0, fake_cond),
+            "shuffled": (real_a, real_v[perm], 0.0, real_cond)}
     out: dict[str, float] = {}
     for t_value in EVAL_TIMESTEPS:
-        for name, (a0, v0, label) in sets.items():
+        for name, (a0, v0, label, cond) in sets.items():
             t = torch.full((len(a0),), t_value, dtype=torch.long)
             a_t = forward_noise(a0, t, torch.randn(a0.shape, generator=gen), alphas_a)
             v_t = forward_noise(v0, t, torch.randn(v0.shape, generator=gen), alphas_v)
-            logit = D(a_t.to(dev), v_t.to(dev), t.to(dev)).cpu()
+            extra = {} if cond is None else {"cond": cond.to(dev)}
+            logit = D(a_t.to(dev), v_t.to(dev), t.to(dev), **extra).cpu()
             out[f"acc_{name}_t{t_value}"] = float(((logit > 0).float() == label).float().mean())
     return out
 
@@ -128,8 +170,12 @@ def train_discriminator(D: nn.Module, base_a: BaseModel, base_v: BaseModel, *,
                         fake_a: torch.Tensor, fake_v: torch.Tensor, cfg: TrainConfig,
                         checkpoint_dir: Path, seed: int,
                         log: Callable[[int, dict], None] | None = None,
-                        accelerator=None, stop_at: int | None = None) -> dict:
+                        accelerator=None, stop_at: int | None = None,
+                        conditions: Conditions | None = None) -> dict:
     """Train ``D`` in place with the loss of the method; return a summary with held-out accuracy.
+
+    ``conditions``: train a text-conditional ``D`` (``ConditionalDiscriminator``) on each
+    pair's prompt, with condition dropout (``Conditions``); everything else is the same loop.
 
     ``accelerator``: an ``accelerate.Accelerator`` to train data-parallel over its processes
     (see the module docstring); ``log`` is then called on the main process only. ``stop_at``:
@@ -142,6 +188,11 @@ def train_discriminator(D: nn.Module, base_a: BaseModel, base_v: BaseModel, *,
     device = torch.device("cpu") if accelerator is None else accelerator.device
     if len(real_a) != len(real_v) or len(fake_a) != len(fake_v):
         raise ValueError("real audio/video and fake audio/video must have matching counts")
+    if conditions is not None and (len(conditions.real) != len(real_a)
+                                   or len(conditions.fake) != len(fake_a)):
+        raise ValueError(f"conditions hold {len(conditions.real)} real and {len(conditions.fake)} "
+                         f"fake prompt indices for {len(real_a)} real clips and {len(fake_a)} "
+                         f"fakes; give one per pair")
     if len(real_a) <= cfg.heldout + cfg.batch_size // 2:
         raise ValueError(f"train.heldout ({cfg.heldout}) leaves too few real clips "
                          f"({len(real_a)}) to train on; lower train.heldout")
@@ -153,12 +204,21 @@ def train_discriminator(D: nn.Module, base_a: BaseModel, base_v: BaseModel, *,
     held_fake = (fake_a[:n_fake_held], fake_v[:n_fake_held])
     fake_a, fake_v = fake_a[n_fake_held:], fake_v[n_fake_held:]
     tr_a, tr_v = real_a[train_idx], real_v[train_idx]
+    held_cond: dict[str, torch.Tensor] = {}
+    tr_p = fk_p = None
+    if conditions is not None:
+        held_cond = {"real_cond": conditions.joint[conditions.real[held]],
+                     "fake_cond": conditions.joint[conditions.fake[:n_fake_held]]}
+        tr_p, fk_p = conditions.real[train_idx], conditions.fake[n_fake_held:]
     # 2. optimiser, generator, resume
     loss_fn = DiscriminatorLoss(cfg.denoise_weight)
     opt = torch.optim.AdamW(D.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(seed)
     fp = checkpoint.fingerprint(real_a, real_v, fake_a, fake_v, to_dict(cfg), seed,
-                                getattr(D, "config", None))
+                                getattr(D, "config", None),
+                                *(() if conditions is None else
+                                  (conditions.joint, conditions.real, conditions.fake,
+                                   conditions.dropout)))
     state = _load_shared(checkpoint_dir, fp, accelerator, main)
     step = 0
     if state is not None:
@@ -179,9 +239,16 @@ def train_discriminator(D: nn.Module, base_a: BaseModel, base_v: BaseModel, *,
         for group in opt.param_groups:
             group["lr"] = lr
         idx = torch.randint(len(tr_a), (cfg.batch_size,), generator=gen)   # the global batch,
-        neg_a, neg_v = negative_batch(cfg, tr_a, tr_v, fake_a, fake_v, cfg.batch_size, gen)
+        rows = None
+        if conditions is None:
+            neg_a, neg_v = negative_batch(cfg, tr_a, tr_v, fake_a, fake_v, cfg.batch_size, gen)
+        else:
+            neg_a, neg_v, neg_p = negative_batch(cfg, tr_a, tr_v, fake_a, fake_v, cfg.batch_size,
+                                                 gen, real_prompt=tr_p, fake_prompt=fk_p)
+            rows = conditions.rows(tr_p[idx], neg_p)
         batch = [x.to(device) for x in (tr_a[idx], tr_v[idx], neg_a, neg_v)]
-        loss, stats = loss_fn(model, base_a, base_v, *batch, gen, part=part)  # this share of it
+        loss, stats = loss_fn(model, base_a, base_v, *batch, gen, part=part,   # this share of it
+                              prompts=rows)
         opt.zero_grad(set_to_none=True)
         if world > 1:
             accelerator.backward(loss)   # DDP averages the shares' gradients
@@ -203,7 +270,7 @@ def train_discriminator(D: nn.Module, base_a: BaseModel, base_v: BaseModel, *,
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 D.eval()   # every process computes it (no collective): same figures on all
                 last_eval = heldout_accuracy(D, base_a, base_v, real_a[held], real_v[held],
-                                             *held_fake, seed=seed + 1)
+                                             *held_fake, seed=seed + 1, **held_cond)
                 model.train()
                 means.update(last_eval)
             if log is not None and main:
@@ -223,7 +290,7 @@ def train_discriminator(D: nn.Module, base_a: BaseModel, base_v: BaseModel, *,
     D.eval()
     if not last_eval:  # resumed at the end: recompute the held-out figures
         last_eval = heldout_accuracy(D, base_a, base_v, real_a[held], real_v[held], *held_fake,
-                                     seed=seed + 1)
+                                     seed=seed + 1, **held_cond)
     return {"steps": cfg.steps, "resumed_from": resumed_from,
             "wall_s": time.perf_counter() - started,
             "num_parameters": sum(p.numel() for p in D.parameters()), **last_eval}
