@@ -1,82 +1,108 @@
 """AV-Align: how well the peaks of motion in a video line up with the onsets in its sound.
 
 Definition (Yariv et al., "Diverse and Aligned Audio-to-Video Generation via Text-to-Video
-Model Adaptation", AAAI 2024; also used by Seeing-and-Hearing, JavisBench and MOVA), written
-here from the paper's description:
+Model Adaptation", AAAI 2024; also used by Seeing-and-Hearing, JavisBench and MOVA):
 
   AV-Align = |matches| / (|A| + |V| - |matches|)
 
 an intersection over union of A, the audio peaks (onsets), and V, the video peaks (local maxima
-of optical-flow magnitude), both as video frame indices. An audio peak matches when a video
-peak lies within ``tolerance`` frames of it (default 1: the same frame or a neighbour).
+of optical-flow magnitude), where an audio peak matches a video peak less than a frame away.
 
-Choices made here (every one is a parameter of the function that makes it):
+Two methods; every function that depends on it takes ``method``, the command ``--method``.
 
-Video peaks (``video_motion``, ``video_peaks``)
-  Frames are converted to grey (ITU-R BT.601 weights, RGB channel order) and OpenCV's Farneback
-  dense flow is computed between each pair of consecutive frames with the parameters of the
-  published metric: pyramid scale 0.5, 3 levels, window 15, 3 iterations, poly_n 5,
-  poly_sigma 1.2. The motion of transition i (frame i -> i+1) is the mean flow magnitude over
-  all pixels (pixels per frame). A transition is a peak when its motion is strictly greater than
-  both neighbouring transitions; a flat top of equal values counts once, at its middle
-  (left-middle for an even run), as in ``scipy.signal.find_peaks``. The first and last
-  transitions have a single neighbour and are never peaks. A peak is reported at the frame the
-  motion arrives at (i + 1), so a video of F frames can have peaks at frames 2 .. F-2 only:
-  an impact (fast motion that stops) lands on the frame of the impact.
+method="reference" (the default) reproduces the published code (``av_align.py`` of the authors'
+TempoTokens repository, commit bf0b1e3) file by file: tests/fixtures/av_align holds 16 files
+of several kinds (embedded world, 8 to 30000/1001 fps, 16 to 48 kHz, stereo, silence, no
+motion, a remuxed pair, VP9 + Opus) with the scores that code gives them (made by
+make_fixture.py there); the tests require ours within 0.01, and all 16 (and 96 embedded
+clips) came out identical, with the same onset and peak times. What it does, restated:
 
-Audio peaks (``onset_strength``, ``pick_onsets``, ``audio_onsets``): a spectral-flux onset
-  detector written with numpy after librosa's ``onset_strength`` + ``onset_detect`` (librosa is
-  not a dependency), its settings restated in seconds so that they do not depend on the rate:
-  * the wave (channels averaged) is scaled to a peak of 1; a 40-band mel magnitude spectrogram
-    (HTK mel scale, 0 Hz .. Nyquist, bands without an FFT bin dropped) is taken with a
-    periodic Hann window of 32 ms every 8 ms, frames lying wholly inside the signal (no
-    padding: zero padding fakes an onset wherever a file starts with sound, so an onset in the
-    first 32 ms is not found);
-  * levels are compressed with log(1 + 30 · magnitude) (magnitudes scaled so that a
-    full-scale sine gives 1). Where librosa takes decibels, this keeps faint background noise
-    near-linear, so its frame-to-frame jitter, summed over all bands, does not drown the onset
-    of a narrow-band sound. Measured on 80 tones over white noise 40 dB down: decibels gave 1
-    to 3 false onsets per tone (8 to 44.1 kHz), this compression none (nor on clicks and noise
-    bursts); noise 20 dB down still gives several false onsets per tone, as with librosa;
-  * onset strength = mean over bands of the half-wave rectified increase from one frame to the
-    next (spectral flux, lag 1), dated at 3/4 of the later window (a sharp onset's flux peaks
-    about a quarter window after the onset enters it); measured on clicks, noise bursts and
-    tones: within 3 ms of the true onset on average (spread 2 ms);
-  * peak picking on the strength normalised to [0, 1], librosa's ``onset_detect`` rule: a frame
-    is an onset when it is the maximum of the 30 ms before it (itself included), at least 0.07
+Video (``video_motion``, ``video_peaks``)
+  OpenCV decodes the frames (BGR, native size) and gives the rate (its CAP_PROP_FPS, the
+  container's nominal rate); each frame is made grey with ``cvtColor`` and Farneback dense flow
+  is computed between consecutive frames with pyramid scale 0.5, 3 levels, window 15,
+  3 iterations, poly_n 5, poly_sigma 1.2; the motion of transition i (frame i -> i+1) is the
+  mean flow magnitude over the pixels (pixels per frame). Its curve holds transition i-1 -> i
+  at frame i (frame 0 repeats transition 0 -> 1); frame i is a peak when its value is strictly
+  greater than at frames i-1 and i+1 and at least 0.1 (``MIN_FLOW_PEAK``: codec noise in a
+  still scene makes tiny peaks). So a transition i is reported at frame i + 1 (where the motion
+  arrives), the first and last transitions are never peaks, nor is a flat top of equal values;
+  a peak's time is frame / fps.
+Audio (``reference_onset_times``)
+  The sound is mixed to mono (channel mean) and resampled to 22.05 kHz as ``librosa.load``
+  does; librosa's ``onset_strength`` and ``onset_detect`` run at their defaults (mel
+  spectrogram, 2048-sample centred windows every 512 samples = 23 ms, lag 1, peak picking on
+  the normalised envelope); onset times are onset frames x 512 / 22050 s. Every onset counts,
+  also one after the last video frame. Measured on 294 clicks at 8 to 48 kHz: found 7 to 32 ms
+  late (20 on average), on the 23 ms grid; and the centring pads the start with zeros, so any
+  file that starts with sound (even noise 54 dB down) gets an onset at 3 hops, 0.070 s (in
+  every one of those files and of 96 embedded clips).
+  The published code reads the sound from a WAV beside the video; here the file's first audio
+  stream decoded by PyAV as it is (sample 0 at time 0) stands for it: on the 16 fixture files
+  WAVs extracted by the ffmpeg program (16-bit or float) gave the same onsets.
+Matching (``av_align_times``)
+  The audio peaks in time order each take the earliest unused video peak at t_v with
+  t_v - 1/fps < t_a < t_v + 1/fps (strict: exactly one frame apart does not match; each video
+  peak is used once; this greedy is a maximum matching). ``tolerance`` (frames, default 1)
+  scales the window and ``reuse_video_peaks`` lets one video peak match several onsets; both
+  leave the reference at their defaults. When neither side has a peak the published code
+  divides by zero; here the score is ``empty_score`` (default 1.0: nothing happens in either
+  stream, so nothing is out of step; the project's ``frame_f1`` scores two empty sets 1.0 too).
+  The result always carries both counts and ``both_empty``, so a caller who would rather skip
+  such clips (a generator that makes still, silent clips would score 1) can. One empty set and
+  one non-empty set score 0.
+
+In the embedded world AV-Align separates little with the reference. Measured on rendered
+clips (seed 0; shuffled = each clip's sound against another clip's video): 96 clips, real 0.393
+against shuffled 0.253 (one derangement; 0.279 over 50, 0.282 over all pairs); the first 20,
+real 0.346 against 0.292 (0.284 over 50); the first 32 (the tests'), 0.360 against 0.269.
+The causes: the onset at 0.070 s in every clip;
+6.0 onsets per clip for 3.8 floor contacts (72 % of onsets are within a frame of a contact);
+and only 42 % of the 3.8 flow peaks per clip within a frame of a contact, because Farneback
+tracks small displacements and the ball falls up to half its 64-pixel frame per frame at
+8 fps, so the motion is underestimated and the curve gets spurious peaks.
+
+method="flux" is a hand-written variant, kept because it measures the embedded world's timing
+better and does not depend on librosa's frame grid; it is not the published metric (on the
+same 96 clips it differs from the reference by 0.34 per file on average, at most 0.70, and
+scores real pairs 0.72 against 0.55 shuffled; with ``farneback={"iterations": 10}``, which
+tracks the large jumps, 0.87 against 0.50). What differs:
+  * audio (``onset_strength``, ``pick_onsets``): a spectral-flux onset detector written with
+    numpy after librosa's, its settings restated in seconds so that they do not depend on the
+    rate. The wave (channels averaged) is scaled to a peak of 1; a 40-band mel magnitude
+    spectrogram (HTK mel scale, 0 Hz .. Nyquist, bands without an FFT bin dropped) is taken
+    with a periodic Hann window of 32 ms every 8 ms, frames lying wholly inside the signal (no
+    padding: zero padding fakes the onset at the start described above, so an onset in the
+    first 32 ms is not found). Levels are compressed with log(1 + 30 x magnitude) (magnitudes
+    scaled so that a full-scale sine gives 1): where librosa takes decibels, this keeps faint
+    background noise near-linear, so its frame-to-frame jitter, summed over all bands, does not
+    drown the onset of a narrow-band sound. Measured on 80 tones over white noise 40 dB down:
+    decibels gave 1 to 3 false onsets per tone (8 to 44.1 kHz), this compression none (nor on
+    clicks and noise bursts); noise 20 dB down still gives several false onsets per tone, as
+    with librosa. Onset strength = mean over bands of the half-wave rectified increase from
+    one frame to the next (spectral flux, lag 1), dated at 3/4 of the later window (a sharp
+    onset's flux peaks about a quarter window after the onset enters it); measured on clicks,
+    noise bursts and tones: within 3 ms of the true onset on average (spread 2 ms). Peak
+    picking on the strength normalised to [0, 1], librosa's ``onset_detect`` rule: a frame is
+    an onset when it is the maximum of the 30 ms before it (itself included), at least 0.07
     above the mean of the 100 ms either side, and more than 30 ms after the previous onset.
-  Onset times t become frames round(t × fps); onsets past the last video frame are dropped.
-  Two onsets that round to the same frame are both kept.
+    On the embedded world its onsets are exactly the floor contacts (bar one at frame 0).
+  * video: PyAV decodes the frames (rgb24, at the stream's average rate) and they are made grey
+    with float BT.601 weights; audio sample 0 is placed at the first video frame's time. The
+    peak rule has no 0.1 floor, and a flat top counts once, at its (left-)middle, as in
+    ``scipy.signal.find_peaks``.
+  * matching (``av_align_score``) on frame indices: onsets become frames round(t x fps), those
+    past the last video frame are dropped, and an audio peak at frame a matches a video peak at
+    v when |a - v| <= ``tolerance`` (default 1): 3 frames wide, slightly looser than the
+    reference's strict 2 frames. Each video peak matches at most one audio peak (a maximum
+    one-to-one matching, greedy in time order); with ``reuse_video_peaks`` (some published
+    copies) the score can exceed 1 when several onsets crowd around one video peak. Shuffled
+    pairs score high in the embedded world because contacts come every 3 to 6 frames and the
+    tolerance covers 3 frames.
 
-Tolerance: an audio peak at frame a matches a video peak at v when |a - v| <= ``tolerance``.
-  Published copies compare the unrounded onset time t with the peak time: |v/fps - t| < 1/fps;
-  after rounding, |a - v| <= 1 is slightly looser (3 frames instead of 2).
-
-Matching (``av_align_score``)
-  Each video peak matches at most one audio peak (``reuse_video_peaks=False``, the default):
-  the matches are a maximum one-to-one matching, found greedily in time order (exact for points
-  on a line). Some published copies let one video peak match every audio peak near it
-  (``reuse_video_peaks=True``: matches = audio peaks with any video peak within tolerance);
-  the score can then exceed 1 when several onsets crowd around one video peak.
-
-Empty sets: when neither modality has a peak the score is ``empty_score`` (default 1.0: nothing
-  happens in either stream, so nothing is out of step; the project's ``frame_f1`` scores two
-  empty sets 1.0 too). The result always carries both counts and ``both_empty``, so a caller
-  who would rather skip such clips (a generator that makes still, silent clips would score 1)
-  can. One empty set and one non-empty set score 0.
-
-``av_align_file`` decodes a media file with PyAV one frame at a time (only two frames are held)
-at its native frame rate and size (no resampling: a repeated frame adds a motion dip and so
-spurious peaks); audio sample 0 is placed at the first video frame's time.
-``mmdisco av-align FILE...`` prints the scores.
-
-Farneback tracks small displacements; motion larger than the moving object (the embedded
-world's ball falls up to half its 64-pixel frame per frame at 8 fps) is underestimated and the
-curve gets spurious peaks. On 96 rendered clips (mp4) real pairs score 0.72 on average and
-shuffled pairs 0.56 with the published parameters, 0.87 and 0.58 with
-``farneback={"iterations": 10}`` (``av_align`` and ``av_align_file`` take it); the audio
-onsets matched the contacts exactly in all 96. Shuffled pairs score high in that world because
-contacts come every 3 to 6 frames and a tolerance of 1 covers 3 frames.
+``av_align`` scores arrays, ``av_align_file`` a media file (video decoded one frame at a time,
+only two frames held), ``av_align_files`` a list of files with their mean (and a shuffled
+chance level); ``mmdisco av-align FILE...`` prints the scores.
 """
 from __future__ import annotations
 
@@ -88,15 +114,38 @@ import click
 import numpy as np
 from scipy.signal import find_peaks
 
+METHODS = ("reference", "flux")
 # Farneback parameters of the published metric (OpenCV's calcOpticalFlowFarneback).
 FARNEBACK = {"pyr_scale": 0.5, "levels": 3, "winsize": 15, "iterations": 3, "poly_n": 5,
              "poly_sigma": 1.2, "flags": 0}
+REFERENCE_SAMPLE_RATE = 22050  # librosa.load's default rate, at which the reference finds onsets
+REFERENCE_HOP = 512            # librosa's default onset hop (samples at 22.05 kHz: 23 ms)
+MIN_FLOW_PEAK = 0.1            # the reference ignores motion peaks below this (pixels/frame)
 _GREY = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 luma weights (RGB order)
 
 
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown AV-Align method {method!r}; known: {', '.join(METHODS)}")
+
+
 # --------------------------------------------------------------------------- video
-def _grey_frames(frames: np.ndarray, value_range: tuple[float, float]) -> Iterator[np.ndarray]:
-    """Grey uint8 frames [H, W], one at a time, from RGB [F, H, W, 3] or grey [F, H, W]."""
+def _to_uint8(frame: np.ndarray, is_uint8: bool, value_range: tuple[float, float]) -> np.ndarray:
+    """One frame (RGB or grey) as uint8, float values scaled from ``value_range``."""
+    if is_uint8:
+        return frame
+    lo, hi = value_range
+    return np.clip(np.round((frame.astype(np.float64) - lo) * (255.0 / (hi - lo))), 0, 255
+                   ).astype(np.uint8)
+
+
+def _grey_frames(frames: np.ndarray, value_range: tuple[float, float], method: str = "flux"
+                 ) -> Iterator[np.ndarray]:
+    """Grey uint8 frames [H, W], one at a time, from RGB [F, H, W, 3] or grey [F, H, W].
+
+    ``method="reference"`` converts with OpenCV (``cvtColor``, fixed-point BT.601, as the
+    reference does on the frames OpenCV decodes); ``"flux"`` with float BT.601 weights.
+    """
     x = np.asarray(frames)
     if not (x.ndim == 4 and x.shape[-1] == 3) and x.ndim != 3:
         raise ValueError(f"frames must have shape [F, H, W, 3] (RGB) or [F, H, W] (grey), "
@@ -106,9 +155,17 @@ def _grey_frames(frames: np.ndarray, value_range: tuple[float, float]) -> Iterat
     lo, hi = value_range
     if not hi > lo:
         raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}")
+    is_uint8 = x.dtype == np.uint8
+    if method == "reference":
+        import cv2
+
+        for frame in x:
+            image = np.ascontiguousarray(_to_uint8(frame, is_uint8, value_range))
+            yield cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
+        return
     for frame in x:
         grey = frame.astype(np.float64) @ _GREY if frame.ndim == 3 else frame.astype(np.float64)
-        if x.dtype != np.uint8:
+        if not is_uint8:
             grey = (grey - lo) * (255.0 / (hi - lo))
         yield np.clip(np.round(grey), 0, 255).astype(np.uint8)
 
@@ -133,34 +190,45 @@ def _motion_of(greys: Iterable[np.ndarray], farneback: dict | None) -> tuple[np.
             flow = cv2.calcOpticalFlowFarneback(prev, grey, None, p["pyr_scale"], p["levels"],
                                                 p["winsize"], p["iterations"], p["poly_n"],
                                                 p["poly_sigma"], p["flags"])
-            motion.append(float(np.hypot(flow[..., 0], flow[..., 1]).mean()))
+            # float32 magnitudes averaged in double, as the reference does
+            motion.append(float(cv2.mean(cv2.magnitude(flow[..., 0], flow[..., 1]))[0]))
         prev, count = grey, count + 1
     return np.asarray(motion, dtype=np.float64), count
 
 
-def video_motion(frames: np.ndarray, *, value_range: tuple[float, float] = (0.0, 1.0),
-                 farneback: dict | None = None) -> np.ndarray:
+def video_motion(frames: np.ndarray, *, method: str = "reference",
+                 value_range: tuple[float, float] = (0.0, 1.0), farneback: dict | None = None
+                 ) -> np.ndarray:
     """Mean Farneback flow magnitude of each frame transition, float64 [F - 1] (pixels/frame).
 
     ``frames``: RGB [F, H, W, 3] or grey [F, H, W]; uint8 as is, float scaled from
-    ``value_range`` (default [0, 1]; pass (-1, 1) for frames scaled to [-1, 1]).
-    ``farneback`` overrides entries of ``FARNEBACK``. Element i is the motion from frame i to i+1.
+    ``value_range`` (default [0, 1]; pass (-1, 1) for frames scaled to [-1, 1]). ``method``
+    picks the grey conversion (see ``_grey_frames``). ``farneback`` overrides entries of
+    ``FARNEBACK``. Element i is the motion from frame i to i+1.
     """
-    return _motion_of(_grey_frames(frames, value_range), farneback)[0]
+    _check_method(method)
+    return _motion_of(_grey_frames(frames, value_range, method), farneback)[0]
 
 
-def video_peaks(motion: Sequence[float]) -> np.ndarray:
+def video_peaks(motion: Sequence[float], *, method: str = "reference") -> np.ndarray:
     """Frames where motion peaks, int64 [P]: transition i (frame i -> i+1) is reported at i + 1.
 
-    A peak is strictly above both neighbouring transitions (a flat top counts once, at its
-    middle); the first and last transitions are never peaks.
+    The first and last transitions are never peaks. ``"reference"``: a peak is strictly above
+    both neighbouring transitions and at least ``MIN_FLOW_PEAK``; a flat top never peaks.
+    ``"flux"``: strictly above both neighbours at any level; a flat top counts once, at its
+    (left-)middle, as in ``scipy.signal.find_peaks``.
     """
+    _check_method(method)
     x = np.asarray(motion, dtype=np.float64)
     if x.ndim != 1:
         raise ValueError(f"motion must be a 1-D curve, got shape {x.shape}")
     if not np.isfinite(x).all():
         raise ValueError("motion holds NaN or infinite values")
-    peaks, _ = find_peaks(x)
+    if method == "flux":
+        peaks, _ = find_peaks(x)
+    else:
+        mid = x[1:-1]
+        peaks = np.flatnonzero((x[:-2] < mid) & (mid > x[2:]) & (mid >= MIN_FLOW_PEAK)) + 1
     return (peaks + 1).astype(np.int64)
 
 
@@ -182,22 +250,29 @@ def _mel_filters(n_fft: int, sample_rate: int, n_mels: int) -> np.ndarray:
     return filters[filters.sum(axis=1) > 0]
 
 
-def onset_strength(wave: np.ndarray, sample_rate: int, *, window_s: float = 0.032,
-                   hop_s: float = 0.008, n_mels: int = 40, compression: float = 30.0
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Spectral-flux onset strength [T] of a mono (or [C, L], averaged) wave, and its times (s).
-
-    See the module notes; an input shorter than a window and a hop gives empty arrays.
-    """
+def _check_wave(wave: np.ndarray, sample_rate: float) -> np.ndarray:
+    """A wave [L] or [C, L] checked for shape, finite values and rate, as float64."""
     x = np.asarray(wave, dtype=np.float64)
-    if x.ndim == 2:
-        x = x.mean(axis=0)
-    if x.ndim != 1:
+    if x.ndim not in (1, 2):
         raise ValueError(f"wave must have shape [L] or [C, L], got {x.shape}")
     if not np.isfinite(x).all():
         raise ValueError("wave holds NaN or infinite values")
     if not sample_rate > 0:
         raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
+    return x
+
+
+def onset_strength(wave: np.ndarray, sample_rate: int, *, window_s: float = 0.032,
+                   hop_s: float = 0.008, n_mels: int = 40, compression: float = 30.0
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The variant's spectral-flux onset strength [T] of a mono (or [C, L], averaged) wave, and
+    its times (s).
+
+    See the module notes; an input shorter than a window and a hop gives empty arrays.
+    """
+    x = _check_wave(wave, sample_rate)
+    if x.ndim == 2:
+        x = x.mean(axis=0)
     n_fft = max(16, round(window_s * sample_rate))
     hop = max(1, round(hop_s * sample_rate))
     if len(x) < n_fft + hop:
@@ -238,8 +313,41 @@ def pick_onsets(strength: np.ndarray, frame_rate: float, *, pre_max_s: float = 0
     return np.asarray(onsets, dtype=np.int64)
 
 
-def onset_times(wave: np.ndarray, sample_rate: int, **kwargs) -> np.ndarray:
-    """Onset times in seconds, float64 [N] (``onset_strength`` then ``pick_onsets``)."""
+def reference_onset_times(wave: np.ndarray, sample_rate: int) -> np.ndarray:
+    """The reference's onset times in seconds, float64 [N], in time order.
+
+    The wave (float32 [L], or [C, L] mixed to mono by its channel mean) is resampled to
+    22.05 kHz as ``librosa.load`` does (soxr, high quality), then ``librosa.onset``'s
+    ``onset_strength`` and ``onset_detect`` run at their defaults; times are onset frames × 512
+    / 22050.
+    """
+    import librosa  # imported here: its onset module takes a second or more to import
+
+    y = _check_wave(wave, sample_rate).astype(np.float32)
+    if y.shape[-1] == 0:
+        return np.zeros(0)
+    y = librosa.to_mono(y)
+    y = librosa.resample(y, orig_sr=sample_rate, target_sr=REFERENCE_SAMPLE_RATE)
+    envelope = librosa.onset.onset_strength(y=y, sr=REFERENCE_SAMPLE_RATE)
+    frames = librosa.onset.onset_detect(onset_envelope=envelope, sr=REFERENCE_SAMPLE_RATE)
+    return np.asarray(librosa.frames_to_time(frames, sr=REFERENCE_SAMPLE_RATE,
+                                             hop_length=REFERENCE_HOP), dtype=np.float64)
+
+
+def onset_times(wave: np.ndarray, sample_rate: int, *, method: str = "reference", **kwargs
+                ) -> np.ndarray:
+    """Onset times in seconds, float64 [N], in time order.
+
+    ``"reference"``: ``reference_onset_times`` (no options). ``"flux"``: ``onset_strength``
+    then ``pick_onsets``; ``kwargs`` go to them (window_s, hop_s, n_mels, compression;
+    pre_max_s, pre_avg_s, post_avg_s, wait_s, delta).
+    """
+    _check_method(method)
+    if method == "reference":
+        if kwargs:
+            raise ValueError(f"the reference onset detector takes no options, got "
+                             f"{sorted(kwargs)}")
+        return reference_onset_times(wave, sample_rate)
     strength_keys = ("window_s", "hop_s", "n_mels", "compression")
     strength, times = onset_strength(wave, sample_rate,
                                      **{k: kwargs.pop(k) for k in strength_keys if k in kwargs})
@@ -249,27 +357,34 @@ def onset_times(wave: np.ndarray, sample_rate: int, **kwargs) -> np.ndarray:
     return times[pick_onsets(strength, frame_rate, **kwargs)]
 
 
-def audio_onsets(wave: np.ndarray, sample_rate: int, fps: float, *,
+def audio_onsets(wave: np.ndarray, sample_rate: int, fps: float, *, method: str = "reference",
                  num_frames: int | None = None, **kwargs) -> np.ndarray:
     """Audio onsets as video frame indices round(t × fps), int64 [N], in time order.
 
-    ``num_frames`` drops onsets past the last video frame; ``kwargs`` go to ``onset_strength``
-    (window_s, hop_s, n_mels, compression) and ``pick_onsets`` (pre_max_s, pre_avg_s, post_avg_s,
-    wait_s, delta).
+    ``num_frames`` drops onsets past the last video frame; ``method`` and ``kwargs`` go to
+    ``onset_times``.
     """
     if not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps}")
-    frames = np.round(onset_times(wave, sample_rate, **kwargs) * fps).astype(np.int64)
+    frames = np.round(onset_times(wave, sample_rate, method=method, **kwargs) * fps
+                      ).astype(np.int64)
     if num_frames is not None:
         frames = frames[frames < num_frames]
     return frames
 
 
 # --------------------------------------------------------------------------- score
+def _iou(matches: int, num_audio: int, num_video: int, empty_score: float) -> dict:
+    both_empty = not num_audio and not num_video
+    score = float(empty_score) if both_empty else matches / (num_audio + num_video - matches)
+    return {"score": score, "matches": int(matches), "audio_peaks": int(num_audio),
+            "video_peaks": int(num_video), "both_empty": both_empty}
+
+
 def av_align_score(audio_peaks: Sequence[int], video_peaks: Sequence[int], tolerance: int = 1,
                    reuse_video_peaks: bool = False, empty_score: float = 1.0) -> dict:
-    """AV-Align of two lists of frame indices: {score, matches, audio_peaks, video_peaks,
-    both_empty}, where the peak entries are counts.
+    """AV-Align of two lists of frame indices (the variant's matching): {score, matches,
+    audio_peaks, video_peaks, both_empty}, where the peak entries are counts.
 
     An audio peak matches a video peak at most ``tolerance`` frames away; each video peak is
     matched at most once unless ``reuse_video_peaks``. See the module notes.
@@ -290,33 +405,75 @@ def av_align_score(audio_peaks: Sequence[int], video_peaks: Sequence[int], toler
                 i += 1
             else:
                 matches, i, j = matches + 1, i + 1, j + 1
-    union = len(a) + len(v) - matches
-    score = float(empty_score) if not a and not v else matches / union
-    return {"score": score, "matches": int(matches), "audio_peaks": len(a),
-            "video_peaks": len(v), "both_empty": not a and not v}
+    return _iou(matches, len(a), len(v), empty_score)
+
+
+def av_align_times(audio_times: Sequence[float], video_times: Sequence[float], fps: float, *,
+                   tolerance: float = 1.0, reuse_video_peaks: bool = False,
+                   empty_score: float = 1.0) -> dict:
+    """AV-Align of peak times in seconds (the reference's matching): ``av_align_score``'s dict.
+
+    Audio peaks in time order each take the earliest unused video peak v with
+    v - w < t < v + w, w = ``tolerance`` / ``fps`` (strict; the reference's w is 1 / fps);
+    this greedy matching is a maximum one. With ``reuse_video_peaks`` an audio peak matches
+    when any video peak is that near.
+    """
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    a = sorted(float(t) for t in audio_times)
+    v = sorted(float(t) for t in video_times)
+    w = tolerance / fps
+    used = [False] * len(v)
+    matches = 0
+    for t in a:
+        for j, peak in enumerate(v):
+            if (reuse_video_peaks or not used[j]) and peak - w < t < peak + w:
+                matches, used[j] = matches + 1, True
+                break
+    return _iou(matches, len(a), len(v), empty_score)
 
 
 def _result(motion: np.ndarray, num_frames: int, wave: np.ndarray, sample_rate: int,
-            fps: float, tolerance: int, reuse_video_peaks: bool, empty_score: float) -> dict:
-    v = video_peaks(motion)
-    a = audio_onsets(wave, sample_rate, fps, num_frames=num_frames)
-    out = av_align_score(a, v, tolerance, reuse_video_peaks, empty_score)
+            fps: float, method: str, tolerance: int, reuse_video_peaks: bool,
+            empty_score: float) -> dict:
+    """The score dict of a motion curve and a wave, with the peaks as frames and times."""
+    v = video_peaks(motion, method=method)
+    v_times = v / fps  # frame index / fps, as the reference dates a flow peak
+    a_times = onset_times(wave, sample_rate, method=method)
+    a = np.round(a_times * fps).astype(np.int64)
+    if method == "reference":
+        out = av_align_times(a_times, v_times, fps, tolerance=tolerance,
+                             reuse_video_peaks=reuse_video_peaks, empty_score=empty_score)
+    else:
+        keep = a < num_frames
+        a_times, a = a_times[keep], a[keep]
+        out = av_align_score(a, v, tolerance, reuse_video_peaks, empty_score)
     return {**out, "audio_frames": [int(f) for f in a], "video_frames": [int(f) for f in v],
-            "fps": float(fps), "num_frames": int(num_frames)}
+            "audio_times": [float(t) for t in a_times],
+            "video_times": [float(t) for t in v_times],
+            "fps": float(fps), "num_frames": int(num_frames), "method": method}
 
 
 def av_align(frames: np.ndarray, wave: np.ndarray, sample_rate: int, fps: float, *,
-             tolerance: int = 1, reuse_video_peaks: bool = False, empty_score: float = 1.0,
-             value_range: tuple[float, float] = (0.0, 1.0), farneback: dict | None = None
-             ) -> dict:
-    """AV-Align of frames [F, H, W, 3] at ``fps`` and the wave whose sample 0 is at frame 0.
+             method: str = "reference", tolerance: int = 1, reuse_video_peaks: bool = False,
+             empty_score: float = 1.0, value_range: tuple[float, float] = (0.0, 1.0),
+             farneback: dict | None = None) -> dict:
+    """AV-Align of frames [F, H, W, 3] (RGB) at ``fps`` and the wave whose sample 0 is at
+    frame 0.
 
-    Returns ``av_align_score``'s dict plus the peak frame lists (``audio_frames``,
-    ``video_frames``), ``fps`` and ``num_frames``.
+    Returns ``av_align_score``'s dict plus the peaks as frames (``audio_frames``,
+    ``video_frames``) and seconds (``audio_times``, ``video_times``), ``fps``, ``num_frames``
+    and ``method``. Audio frames are round(t x fps); the reference keeps onsets past the last
+    video frame, the variant drops them.
     """
-    motion = video_motion(frames, value_range=value_range, farneback=farneback)
-    return _result(motion, len(frames), wave, sample_rate, fps, tolerance, reuse_video_peaks,
-                   empty_score)
+    _check_method(method)
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    motion = video_motion(frames, method=method, value_range=value_range, farneback=farneback)
+    return _result(motion, len(frames), wave, sample_rate, fps, method, tolerance,
+                   reuse_video_peaks, empty_score)
 
 
 # --------------------------------------------------------------------------- files
@@ -324,16 +481,27 @@ class AVAlignError(RuntimeError):
     """A file cannot be scored; the message names the file."""
 
 
-def _file_motion(path: Path, farneback: dict | None) -> tuple[np.ndarray, int, float, float]:
-    """Motion curve, frame count, frame rate and first frame time of a file's first video
-    stream, decoded one frame at a time at its native rate and size."""
+def _check_streams(path: Path) -> None:
+    """Raise AVAlignError unless ``path`` is a file with a video and an audio stream."""
     import av
 
+    if not path.exists():
+        raise AVAlignError(f"{path}: no such file")
+    if not path.is_file():
+        raise AVAlignError(f"{path}: not a regular file")
     with av.open(str(path)) as src:
         if not src.streams.video:
             raise AVAlignError(f"{path}: no video stream")
         if not src.streams.audio:
             raise AVAlignError(f"{path}: no audio stream")
+
+
+def _file_motion(path: Path, farneback: dict | None) -> tuple[np.ndarray, int, float, float]:
+    """Motion curve, frame count, frame rate and first frame time of a file's first video
+    stream, decoded by PyAV one frame at a time at its native rate and size (the variant)."""
+    import av
+
+    with av.open(str(path)) as src:
         stream = src.streams.video[0]
         times: list[float] = []
 
@@ -341,7 +509,8 @@ def _file_motion(path: Path, farneback: dict | None) -> tuple[np.ndarray, int, f
             for frame in src.decode(stream):
                 if frame.time is not None:
                     times.append(float(frame.time))
-                yield next(_grey_frames(frame.to_ndarray(format="rgb24")[None], (0.0, 1.0)))
+                yield next(_grey_frames(frame.to_ndarray(format="rgb24")[None], (0.0, 1.0),
+                                         "flux"))
 
         motion, count = _motion_of(greys(), farneback)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
@@ -356,76 +525,177 @@ def _file_motion(path: Path, farneback: dict | None) -> tuple[np.ndarray, int, f
     return motion, count, fps, (min(times) if times else 0.0)
 
 
-def _file_audio(path: Path) -> tuple[np.ndarray, int, float]:
-    """Mono float32 audio of a file's first audio stream, its rate and its first sample time."""
+def _reference_file_motion(path: Path, farneback: dict | None) -> tuple[np.ndarray, int, float]:
+    """Motion curve, frame count and frame rate of a file's video as the reference reads it:
+    OpenCV decodes BGR frames (one at a time here) and reports the rate (CAP_PROP_FPS)."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            raise AVAlignError(f"{path}: OpenCV cannot open the video")
+        fps = float(capture.get(cv2.CAP_PROP_FPS))
+
+        def greys():
+            while True:
+                ok, frame = capture.read()
+                if not ok:
+                    return
+                yield cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+
+        motion, count = _motion_of(greys(), farneback)
+    finally:
+        capture.release()
+    if count < 1:
+        raise AVAlignError(f"{path}: the video stream holds no frames")
+    if not fps > 0:
+        raise AVAlignError(f"{path}: the video frame rate is unknown")
+    return motion, count, fps
+
+
+def _file_audio(path: Path, mono: bool = True) -> tuple[np.ndarray, int, float]:
+    """Float32 audio of a file's first audio stream, [L] (``mono``: mixed by FFmpeg) or [C, L]
+    (channels as decoded), its rate and its first sample time."""
     import av
 
     with av.open(str(path)) as src:
         stream = src.streams.audio[0]
         sample_rate = int(stream.codec_context.sample_rate)
-        resampler = av.AudioResampler(format="fltp", layout="mono", rate=sample_rate)
+        resampler = av.AudioResampler(format="fltp", layout="mono" if mono else None,
+                                      rate=sample_rate)
         chunks, first = [], None
         for frame in src.decode(stream):
             if first is None and frame.time is not None:
                 first = float(frame.time)
-            chunks.extend(f.to_ndarray()[0] for f in resampler.resample(frame))
-        chunks.extend(f.to_ndarray()[0] for f in resampler.resample(None))
+            chunks.extend(f.to_ndarray() for f in resampler.resample(frame))
+        chunks.extend(f.to_ndarray() for f in resampler.resample(None))
     if not chunks:
         raise AVAlignError(f"{path}: the audio stream holds no samples")
-    return np.concatenate(chunks).astype(np.float32), sample_rate, first or 0.0
+    audio = np.concatenate(chunks, axis=1).astype(np.float32)
+    return (audio[0] if mono else audio), sample_rate, first or 0.0
 
 
-def av_align_file(path: str | Path, *, tolerance: int = 1, reuse_video_peaks: bool = False,
-                  empty_score: float = 1.0, farneback: dict | None = None) -> dict:
-    """AV-Align of a media file with sound (any container PyAV opens): ``av_align``'s dict
+def av_align_file(path: str | Path, *, method: str = "reference", tolerance: int = 1,
+                  reuse_video_peaks: bool = False, empty_score: float = 1.0,
+                  farneback: dict | None = None) -> dict:
+    """AV-Align of a media file with sound (any container FFmpeg opens): ``av_align``'s dict
     plus ``path``. Raises AVAlignError, naming the file, when it cannot be scored.
 
-    Video is decoded with PyAV one frame at a time at its native rate and size; audio sample 0
-    is placed at the first video frame's time (silence is prepended to audio that starts
-    later, samples before it are dropped).
+    ``"reference"``: video decoded by OpenCV at its native size, at the rate OpenCV reports;
+    the first audio stream decoded by PyAV as it is (sample 0 at time 0, as a WAV extracted
+    from the file holds it). ``"flux"``: video decoded by PyAV at its native rate and size;
+    audio sample 0 placed at the first video frame's time (silence is prepended to audio that
+    starts later, samples before it are dropped).
     """
     import av
 
+    _check_method(method)
     path = Path(path)
-    if not path.exists():
-        raise AVAlignError(f"{path}: no such file")
-    if not path.is_file():
-        raise AVAlignError(f"{path}: not a regular file")
     try:
-        motion, count, fps, video_start = _file_motion(path, farneback)
-        audio, sample_rate, audio_start = _file_audio(path)
+        _check_streams(path)
+        if method == "reference":
+            motion, count, fps = _reference_file_motion(path, farneback)
+            audio, sample_rate, _ = _file_audio(path, mono=False)
+        else:
+            motion, count, fps, video_start = _file_motion(path, farneback)
+            audio, sample_rate, audio_start = _file_audio(path)
+            offset = round((audio_start - video_start) * sample_rate)
+            audio = (np.concatenate([np.zeros(offset, np.float32), audio]) if offset > 0
+                     else audio[-offset:])
     except av.FFmpegError as e:
         raise AVAlignError(f"{path}: cannot decode as audio/video ({e})") from e
-    offset = round((audio_start - video_start) * sample_rate)
-    audio = (np.concatenate([np.zeros(offset, np.float32), audio]) if offset > 0
-             else audio[-offset:])
-    out = _result(motion, count, audio, sample_rate, fps, tolerance, reuse_video_peaks,
+    out = _result(motion, count, audio, sample_rate, fps, method, tolerance, reuse_video_peaks,
                   empty_score)
     return {"path": str(path), **out}
+
+
+def av_align_files(paths: Iterable[str | Path], *, method: str = "reference",
+                   tolerance: int = 1, reuse_video_peaks: bool = False,
+                   empty_score: float = 1.0, farneback: dict | None = None,
+                   skip_errors: bool = False, shuffled_seed: int | None = None) -> dict:
+    """AV-Align of each file and their mean: {method, mean, scores, files, errors}.
+
+    ``files`` holds ``av_align_file``'s dict of each file scored and ``scores`` their scores,
+    in the order given; ``mean`` is their mean (None when no file was scored). A file that
+    cannot be scored raises AVAlignError, or with ``skip_errors`` is listed in ``errors`` as
+    {path, error} and left out of the mean.
+
+    ``shuffled_seed``: also score each file's sound against another file's video (a random
+    derangement, ``mmdisco.eval.metrics.shuffle_pairs``, from the peaks already found: the
+    same as scoring files remuxed so), as ``shuffled_scores`` and ``shuffled_mean``; a chance
+    level to read ``mean`` against. Needs at least two files scored (else both are None).
+    """
+    _check_method(method)
+    files: list[dict] = []
+    errors: list[dict] = []
+    for path in paths:
+        try:
+            files.append(av_align_file(path, method=method, tolerance=tolerance,
+                                       reuse_video_peaks=reuse_video_peaks,
+                                       empty_score=empty_score, farneback=farneback))
+        except AVAlignError as e:
+            if not skip_errors:
+                raise
+            errors.append({"path": str(path), "error": str(e)})
+    scores = [r["score"] for r in files]
+    out = {"method": method, "mean": float(np.mean(scores)) if scores else None,
+           "scores": scores, "files": files, "errors": errors}
+    if shuffled_seed is not None:
+        shuffled = _shuffled_scores(files, shuffled_seed, method, tolerance, reuse_video_peaks,
+                                    empty_score)
+        out["shuffled_scores"] = shuffled
+        out["shuffled_mean"] = float(np.mean(shuffled)) if shuffled else None
+    return out
+
+
+def _shuffled_scores(files: list[dict], seed: int, method: str, tolerance: int,
+                     reuse_video_peaks: bool, empty_score: float) -> list[float]:
+    """Score of file i's audio peaks against the video peaks of file perm[i] (at its rate)."""
+    from mmdisco.eval.metrics import shuffle_pairs  # imported here: it pulls in the decoders
+
+    if len(files) < 2:
+        return []
+    scores = []
+    for r, j in zip(files, shuffle_pairs(len(files), seed)):
+        other = files[int(j)]
+        if method == "reference":
+            s = av_align_times(r["audio_times"], other["video_times"], other["fps"],
+                               tolerance=tolerance, reuse_video_peaks=reuse_video_peaks,
+                               empty_score=empty_score)
+        else:
+            audio = [f for f in r["audio_frames"] if f < other["num_frames"]]
+            s = av_align_score(audio, other["video_frames"], tolerance, reuse_video_peaks,
+                               empty_score)
+        scores.append(s["score"])
+    return scores
 
 
 # --------------------------------------------------------------------------- command
 @click.command("av-align")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per file")
+@click.option("--method", type=click.Choice(METHODS), default="reference", show_default=True,
+              help="reference: the published metric (librosa onsets, OpenCV video); flux: "
+                   "the hand-written onset detector, frame-index matching")
 @click.option("--reuse-video-peaks", is_flag=True,
               help="let one video peak match several audio peaks (some published copies)")
 @click.option("--tolerance", type=click.IntRange(min=0), default=1, show_default=True,
-              help="frames an audio peak may be from its video peak")
-def main(files: tuple[Path, ...], as_json: bool, reuse_video_peaks: bool, tolerance: int
-         ) -> None:
+              help="frames an audio peak may be from its video peak (reference: strictly less)")
+def main(files: tuple[Path, ...], as_json: bool, method: str, reuse_video_peaks: bool,
+         tolerance: int) -> None:
     """AV-Align of media files with sound: IoU of audio onsets and video motion peaks.
 
-    Prints one line per file (with --json: an object with path, score, audio_peaks,
-    video_peaks, matches (counts), fps, num_frames, both_empty, and the peak frames
-    audio_frames and video_frames). A file that cannot be scored is reported on stderr (with
-    --json also as {"path", "error"} on stdout), the others are still scored, and the exit
-    status is 1.
+    Prints one line per file, then the mean when more than one file was scored (with --json:
+    one object per file with path, method, score, audio_peaks, video_peaks, matches (counts),
+    fps, num_frames, both_empty, and the peaks audio_frames, video_frames, audio_times and
+    video_times). A file that cannot be scored is reported on stderr (with --json also as
+    {"path", "error"} on stdout), the others are still scored, and the exit status is 1.
     """
-    failed = 0
+    failed, scores = 0, []
     for path in files:
         try:
-            r = av_align_file(path, tolerance=tolerance, reuse_video_peaks=reuse_video_peaks)
+            r = av_align_file(path, method=method, tolerance=tolerance,
+                              reuse_video_peaks=reuse_video_peaks)
         except (AVAlignError, ValueError, OSError) as e:
             failed += 1
             msg = str(e) if str(path) in str(e) else f"{path}: {e}"
@@ -433,13 +703,17 @@ def main(files: tuple[Path, ...], as_json: bool, reuse_video_peaks: bool, tolera
             if as_json:
                 click.echo(json.dumps({"path": str(path), "error": msg}))
             continue
+        scores.append(r["score"])
         if as_json:
-            keys = ("path", "score", "audio_peaks", "video_peaks", "matches", "fps",
-                    "num_frames", "both_empty", "audio_frames", "video_frames")
+            keys = ("path", "method", "score", "audio_peaks", "video_peaks", "matches", "fps",
+                    "num_frames", "both_empty", "audio_frames", "video_frames", "audio_times",
+                    "video_times")
             click.echo(json.dumps({k: r[k] for k in keys}))
         else:
             click.echo(f"{r['path']}: AV-Align {r['score']:.3f} ({r['matches']} matches, "
                        f"{r['audio_peaks']} audio peaks, {r['video_peaks']} video peaks, "
                        f"{r['fps']:g} fps)")
+    if not as_json and len(scores) > 1:
+        click.echo(f"mean AV-Align over {len(scores)} files: {np.mean(scores):.3f} ({method})")
     if failed:
         raise click.exceptions.Exit(1)
