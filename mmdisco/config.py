@@ -462,6 +462,9 @@ class CFGConfig:
 @dataclass(frozen=True)
 class Params:
     seed: int = _opt(0, lo=0, doc="master seed; every stage derives its generators from it")
+    device: str = _opt("auto", doc="where the tiny bases, the guides and sampling run in a "
+                                   "single-process run: auto (the first GPU, else the CPU) | "
+                                   "cpu | cuda[:N]; a launcher gives each rank its own")
     condition: str = _opt("none", choices=("none", "caption"),
                           doc="none: unconditional bases; caption: text-conditional bases, "
                               "fakes, discriminator and sampling from prompts")
@@ -478,6 +481,8 @@ class Params:
     cfg: CFGConfig = _opt(CFGConfig())
 
     def validate(self, key: str) -> None:
+        if self.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device):
+            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
         if self.data.source == "synth":
             synth, clip = self.data.synth, self.data.clip
             if clip.seconds > synth.seconds:

@@ -62,10 +62,16 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def device() -> torch.device:
-    """Where this rank computes: Accelerate's device (``cuda:<local rank>`` on GPUs) when
-    launched with several processes, else the CPU, as a plain run always has."""
-    return state().device if launched() else torch.device("cpu")
+def device(preference: str | torch.device = "auto") -> torch.device:
+    """Where this rank computes: Accelerate's device (``cuda:<local rank>`` on GPUs, one per
+    rank) when launched with several processes; else ``preference`` (the ``device`` param):
+    ``auto`` is the first GPU when there is one and the CPU otherwise, ``cpu`` / ``cuda[:N]``
+    as named."""
+    if launched():
+        return state().device
+    from mmdisco.devices import resolve_device
+
+    return resolve_device(preference)
 
 
 def shard(n_items: int, *, rank_: int | None = None, world: int | None = None) -> range:

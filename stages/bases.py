@@ -14,7 +14,7 @@ def load_bases(params: Params, audio_base: Path, video_base: Path, latents_dir: 
     """Both bases, frozen, on this rank's device. With ``condition: caption`` each gets its CFG
     weight (``cfg.<modality>``) and the empty prompt's embedding stored by `encode` (so no
     stage after `encode` runs a text encoder); returns ``(base_a, base_v, prompt table or None)``."""
-    device = dist.device()
+    device = dist.device(params.device)
     bases = [dist.to_device(load_base(b), device) for b in (audio_base, video_base)]
     table = None
     if params.condition == "caption":

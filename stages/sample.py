@@ -38,7 +38,7 @@ from stages.common import load, params_option, stage_seed, user_errors
 
 
 def sharded_joint(base_a, base_v, D, *, num_samples: int, batch_size: int, seed: int,
-                  prompts: dict | None = None, **kw) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                  prompts: dict | None = None, device: str | torch.device = "cpu", **kw) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """``sample_joint`` with per-item seeds over this process's share of the batches; every
     process gets all samples in item order. Timing: the batches' seconds and passes summed
     over processes, ``total_s`` the wall-clock time of the whole call.
@@ -47,15 +47,16 @@ def sharded_joint(base_a, base_v, D, *, num_samples: int, batch_size: int, seed:
     discriminator's condition), with ``weights`` (the bases' CFG weights): a conditional ``D``
     guides through ``CFGGuide`` on each batch's rows."""
     seeds, start = item_seeds(seed, num_samples), time.perf_counter()
+    device = dist.device(device)
 
     def batch(lo: int, hi: int):
         guide, cond = D, {}
         if prompts is not None:
             cond = {"cond_a": prompts["audio"][lo:hi], "cond_v": prompts["video"][lo:hi]}
             if isinstance(D, ConditionalDiscriminator):
-                guide = CFGGuide(D, prompts["joint"][lo:hi].to(dist.device()), prompts["weights"])
+                guide = CFGGuide(D, prompts["joint"][lo:hi].to(device), prompts["weights"])
         a, v, timing = sample_joint(base_a, base_v, guide, num_samples=hi - lo,
-                                    item_seeds=seeds[lo:hi], device=dist.device(), **cond, **kw)
+                                    item_seeds=seeds[lo:hi], device=device, **cond, **kw)
         return (a.cpu(), v.cpu()), timing
 
     (a, v), timings = dist.map_batches(batch, num_samples, batch_size)
@@ -151,7 +152,7 @@ def main(params_path: Path, which: str, latents_dir: Path, audio_base: Path, vid
     guided = which == "guided"
     metrics_path = metrics_path or Path("metrics/sample.json" if guided else
                                         "metrics/sample_baseline.json")
-    device = dist.device()
+    device = dist.device(params.device)
     base_a, base_v, table = load_bases(params, audio_base, video_base, latents_dir)
     folders = {"audio_base": audio_base, "video_base": video_base}
     D = C = None
@@ -177,7 +178,7 @@ def main(params_path: Path, which: str, latents_dir: Path, audio_base: Path, vid
                                             table.embeddings("video", rows)),
                    "weights": (params.cfg.audio, params.cfg.video)}
     a, v, timing = sharded_joint(base_a, base_v, D, scale_a=s_a, scale_v=s_v, critic=C,
-                                 prompts=prompts,
+                                 prompts=prompts, device=device,
                                  critic_scales=(c_a, c_v), restarts=restarts,
                                  restart_steps=restart_steps, num_samples=cfg.num_samples,
                                  steps=cfg.steps, kind=cfg.kind, eta=cfg.eta,

@@ -35,11 +35,12 @@ from stages.common import Timer, load, params_option, stage_seed, user_errors
 
 
 def sample_bank(base, n: int, steps: int, batch_size: int, seed: int, label: str,
-                eta: float = 0.0, cond: torch.Tensor | None = None) -> torch.Tensor:
+                eta: float = 0.0, cond: torch.Tensor | None = None,
+                device: str | torch.device = "cpu") -> torch.Tensor:
     """``n`` independent samples, item ``i`` from ``item_seeds(seed, n)[i]`` (and prompted
     with ``cond[i]`` when given); this process samples its share of the batches, and every
     process gets all ``n`` in item order."""
-    seeds, device = item_seeds(seed, n), dist.device()
+    seeds, device = item_seeds(seed, n), dist.device(device)
     bar = tqdm(total=len(dist.batch_shard(n, batch_size)), desc=f"fakes {label}", unit="batch",
                leave=False, disable=not dist.is_main())
 
@@ -56,23 +57,25 @@ def sample_bank(base, n: int, steps: int, batch_size: int, seed: int, label: str
 
 
 def fake_bank(base_a, base_v, *, num_pairs: int, steps: int, batch_size: int, eta: float,
-              seed: int, table=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+              seed: int, table=None, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(audio, video, prompt)``: independent samples of each base. Unconditional
     (``table=None``): video paired by a permutation drawn from ``seed`` (the same with any number
     of processes), ``prompt`` None. Conditional: pair ``i`` prompted with the caption of a clip
     drawn from ``seed``, ``prompt[i]`` its index in ``table.prompts``."""
     if table is None:
-        audio = sample_bank(base_a, num_pairs, steps, batch_size, seed, "audio", eta)
-        video = sample_bank(base_v, num_pairs, steps, batch_size, seed, "video", eta)
+        audio = sample_bank(base_a, num_pairs, steps, batch_size, seed, "audio", eta,
+                            device=device)
+        video = sample_bank(base_v, num_pairs, steps, batch_size, seed, "video", eta,
+                            device=device)
         pairing = torch.randperm(num_pairs, generator=torch.Generator().manual_seed(seed))
         return audio, video[pairing], None
     clips = torch.randint(len(table.clip_prompt), (num_pairs,),
                           generator=torch.Generator().manual_seed(seed))
     prompt = table.clip_prompt[clips]
     audio = sample_bank(base_a, num_pairs, steps, batch_size, seed, "audio", eta,
-                        cond=table.embeddings("audio", prompt))
+                        cond=table.embeddings("audio", prompt), device=device)
     video = sample_bank(base_v, num_pairs, steps, batch_size, seed, "video", eta,
-                        cond=table.embeddings("video", prompt))
+                        cond=table.embeddings("video", prompt), device=device)
     return audio, video, prompt
 
 
@@ -98,7 +101,7 @@ def main(params_path: Path, audio_base: Path, video_base: Path, latents_dir: Pat
     seed = stage_seed(params.seed, "sample_fakes")
     audio, video, prompt = fake_bank(base_a, base_v, num_pairs=cfg.num_pairs, steps=cfg.steps,
                                      batch_size=cfg.batch_size, eta=cfg.eta, seed=seed,
-                                     table=table)
+                                     table=table, device=dist.device(params.device))
     if dist.is_main():
         with atomic_path(out) as tmp:
             tmp.mkdir()

@@ -13,6 +13,7 @@ import click
 
 from mmdisco import tracking
 from mmdisco.config import to_dict
+from mmdisco.devices import resolve_device
 from mmdisco.io import atomic_path, load_tensors, remove_tree, write_json
 from stages.common import load, params_option, stage_seed, user_errors
 
@@ -63,7 +64,8 @@ def main(params_path: Path, modality: str, latents_dir: Path, out: Path, checkpo
             tracking.log_metrics(stats, step=step)
 
         summary = train_base(latents, cfg, work, seed=stage_seed(params.seed, f"base_{modality}"),
-                             log=log, cond=cond, uncond=uncond)
+                             log=log, cond=cond, uncond=uncond,
+                             device=resolve_device(params.device))
         summary["mlflow_run_id"] = run.info.run_id
         tracking.log_metrics({k: v for k, v in summary.items() if k != "resumed_from"})
     with atomic_path(out) as tmp:

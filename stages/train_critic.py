@@ -61,7 +61,7 @@ def main(params_path: Path, latents_dir: Path, audio_base: Path, video_base: Pat
         summary = train_critic(critic, real_a=real_a, real_v=real_v,
                                alphas_a=base_a.alphas_cumprod(), alphas_v=base_v.alphas_cumprod(),
                                cfg=cfg, checkpoint_dir=checkpoints, seed=seed, log=log,
-                               accelerator=accelerator)
+                               accelerator=accelerator, device=dist.device(params.device))
         summarise(summary, run, base_a, base_v)
     save_guide("train_critic", critic, summary, curve, out=out, checkpoints=checkpoints,
                plot_path=plot_path, metrics_path=metrics_path)

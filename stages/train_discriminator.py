@@ -82,7 +82,8 @@ def main(params_path: Path, latents_dir: Path, fakes_dir: Path, audio_base: Path
         summary = train_discriminator(D, base_a, base_v, real_a=real_a, real_v=real_v,
                                       fake_a=fake_a, fake_v=fake_v, cfg=params.train,
                                       checkpoint_dir=checkpoints, seed=seed, log=log,
-                                      accelerator=accelerator, conditions=conditions)
+                                      accelerator=accelerator, conditions=conditions,
+                                      device=dist.device(params.device))
         summarise(summary, run, base_a, base_v)
     save_guide("train_discriminator", D, summary, curve, out=out, checkpoints=checkpoints,
                plot_path=plot_path, metrics_path=metrics_path)

@@ -30,8 +30,8 @@ def _audio(seconds: float = 2.0, sr: int = 16000) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
 
 
-def _run(work: Path, folder: Path, stages: tuple[str, ...] = ("acquire", "extract_clips")
-         ) -> dict:
+def _run(work: Path, folder: Path, stages: tuple[str, ...] = ("acquire", "extract_clips"),
+         extra: dict | None = None) -> dict:
     """Run the stages on ``folder`` inside ``work``; return their results and outputs."""
     from stages.acquire import main as acquire
     from stages.extract_clips import main as extract
@@ -39,7 +39,7 @@ def _run(work: Path, folder: Path, stages: tuple[str, ...] = ("acquire", "extrac
     params = work / "params.yaml"
     params.write_text((ROOT / "params.yaml").read_text())
     set_params(params, {"data.source": "folder", "data.folder": str(folder),
-                        **{f"data.clip.{k}": v for k, v in CLIP.items()}})
+                        **{f"data.clip.{k}": v for k, v in CLIP.items()}, **(extra or {})})
     runner, got = CliRunner(), {}
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
@@ -153,3 +153,42 @@ def test_no_media_fails_with_what_was_found(tmp_path, content):
         assert "all 2 entries are skipped (hidden 1, not_media 1)" in msg
         assert "'notes.txt': not audio/video: text or document (.txt)" in msg
     assert not (work / "raw").exists()
+
+
+def test_captions_csv_reaches_every_clip_and_a_file_without_one_gets_the_empty_caption(tmp_path):
+    folder = tmp_path / "media"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("a.mp4", "sub/b.mkv", "c.mp4"):
+        write_av(folder / name, _video(), 8, _audio(), 16000)
+    csv = tmp_path / "captions.csv"
+    csv.write_text('file,caption\na.mp4,"dog barking, outdoors"\nsub/b.mkv,church bells\n'
+                   'gone.mp4,not in the folder\n')
+    got = _run(tmp_path, folder, extra={"data.captions": str(csv)})
+    assert got["acquire"].exit_code == 0, got["acquire"].output
+    assert "1 without a caption" in got["acquire"].output and "1 CSV rows naming no listed file" \
+        in got["acquire"].output
+    manifest = json.loads((tmp_path / "raw" / "manifest.json").read_text())
+    assert {f["name"]: f["caption"] for f in manifest["files"]} == {
+        "a.mp4": "dog barking, outdoors", "sub/b.mkv": "church bells", "c.mp4": ""}
+    assert got["extract_clips"].exit_code == 0, got["extract_clips"].output
+    index = json.loads((tmp_path / "clips" / "index.json").read_text())
+    assert {c["source"]: c["caption"] for c in index["clips"]} == {
+        "a.mp4": "dog barking, outdoors", "b.mkv": "church bells", "c.mp4": ""}
+    assert len(index["clips"]) == 6   # two 1-s windows of each 2-s file
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name,text\na.mp4,x\n", "columns file,caption"),
+    ("file,caption\n/abs/a.mp4,x\n", "row 2: file '/abs/a.mp4' must be a path relative"),
+    ("file,caption\n../a.mp4,x\n", "without '..'"),
+    ("file,caption\na.mp4,x\na.mp4,y\n", "row 3: 'a.mp4' has two different captions"),
+])
+def test_a_bad_captions_csv_fails_before_any_work_naming_the_row(tmp_path, text, message):
+    folder = tmp_path / "media"
+    folder.mkdir()
+    write_av(folder / "a.mp4", _video(), 8, _audio(), 16000)
+    csv = tmp_path / "captions.csv"
+    csv.write_text(text)
+    got = _run(tmp_path, folder, stages=("acquire",), extra={"data.captions": str(csv)})
+    assert got["acquire"].exit_code != 0 and message in got["acquire"].output
+    assert "data.captions" in got["acquire"].output and not (tmp_path / "raw").exists()

@@ -95,9 +95,21 @@ def test_shards_are_disjoint_cover_everything_and_balanced(n, world):
         dist.shard(n, rank_=world, world=world)
 
 
+def test_a_single_process_resolves_auto_to_the_first_gpu_and_named_devices_as_named(monkeypatch):
+    assert dist.device("cpu") == torch.device("cpu")
+    assert dist.device("cuda:1") == torch.device("cuda", 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert dist.device() == dist.device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert dist.device("auto") == torch.device("cuda")
+    assert dist.device("cpu") == torch.device("cpu")
+
+
 def test_one_process_is_rank_zero_of_one_and_gathers_in_item_order():
     assert (dist.world_size(), dist.rank(), dist.is_main()) == (1, 0, True)
-    assert dist.device() == torch.device("cpu") and dist.accelerator() is None
+    assert dist.accelerator() is None
+    gpu = torch.cuda.is_available()
+    assert dist.device() == torch.device("cuda" if gpu else "cpu")   # auto: the first GPU
     x = torch.arange(12.0).reshape(4, 3)
     out = dist.gather_items(x, [2, 0, 3, 1], 4)
     assert torch.equal(out[[2, 0, 3, 1]], x)

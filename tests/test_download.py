@@ -254,9 +254,19 @@ def test_vggsound_with_a_stand_in_yt_dlp(tmp_path):
     assert (tmp_path / "out" / "videos" / "---g-f_I2yQ_000001.mp4").read_bytes() == b"mp4"
     labels = json.loads((tmp_path / "out" / "labels.json").read_text())
     assert labels == {"---g-f_I2yQ_000001.mp4": "people marching"}
+    # the captions CSV that data.captions reads (paths relative to out/videos, the data.folder)
+    from stages.acquire import read_captions
+    assert read_captions(tmp_path / "out" / "captions.csv", tmp_path / "out" / "videos") == labels
     assert "unavailable" in json.loads((tmp_path / "out" / "failed.json").read_text())[
         "--56QUhyDQM_000185.mp4"]
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     assert "--download-sections *1-11" in calls[0]
     dl.fetch_vggsound(tmp_path / "v.csv", tmp_path / "out", yt_dlp=str(fake), progress=False)
     assert len((tmp_path / "calls.txt").read_text().splitlines()) == 3   # the kept clip is skipped
+
+
+def test_captions_csv_round_trips_labels_with_commas_and_quotes(tmp_path):
+    from stages.acquire import read_captions
+    captions = {"a.mp4": "playing tennis, indoor", "sub/b.mp4": 'a "quoted" label', "c.mp4": ""}
+    dl.write_captions(tmp_path / "captions.csv", captions)
+    assert read_captions(tmp_path / "captions.csv", tmp_path) == captions

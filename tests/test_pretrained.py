@@ -23,10 +23,11 @@ from mmdisco.config import (AudioEncoderConfig, ConfigError, Params, TrainBaseCo
                             VideoEncoderConfig, build, load_params)
 from mmdisco.encoders import encoder_from_state, make_audio_encoder, make_video_encoder
 from mmdisco.guidance.conditional import (BoundCondition, CFGGuide, ConditionalDiscriminator,
-                                          joint_condition, train_conditional_discriminator)
+                                          joint_condition)
 from mmdisco.guidance.discriminator import Discriminator, input_gradients
 from mmdisco.guidance.sampler import modality_generators, sample_joint, sample_single
-from mmdisco.guidance.train import train_discriminator
+from mmdisco.guidance.store import load_discriminator, save_discriminator
+from mmdisco.guidance.train import Conditions, train_discriminator
 
 SR_CLIP, N_CLIP = 8000, 5120        # clips: 0.64 s at 8 kHz (resampled to the vocoder's 16 kHz)
 FRAMES, SIZE = 8, 16                # clips: 8 frames of 16×16
@@ -342,20 +343,31 @@ def test_conditional_discriminator_and_cfg_guide(bases, encoded, tmp_path):
     t = torch.tensor([900, 500, 100, 10])
     with torch.no_grad():   # untrained: exactly the unconditional discriminator
         assert torch.equal(Dc(a, v, t, cond=cond[:4]), D(a, v, t))
-    # a few conditional training steps (condition dropout), deterministic under a seed
+    # a few conditional training steps in the discriminator's loop (condition dropout, the DSM
+    # term through both bases' prompted ε, held-out accuracy), deterministic under a seed
     fake_a, fake_v = encoded["a"].flip(0), encoded["v"]
-    cfg = TrainConfig(steps=3, batch_size=4, heldout=8, checkpoint_every=3)
+    cfg = TrainConfig(steps=3, batch_size=4, heldout=8, checkpoint_every=3, eval_every=3,
+                      denoise_weight=0.5)
+    every = torch.arange(len(prompts))
+    conditions = Conditions(cond, every, every.flip(0), dropout=0.5,
+                            base_a=base_a.encode_prompt(prompts), base_v=base_v.encode_prompt(prompts))
     states = []
     for run in range(2):
         torch.manual_seed(0)
         Dr = ConditionalDiscriminator(cond_dim=64, **kw)
-        s = train_conditional_discriminator(
-            Dr, base_a, base_v, real_a=encoded["a"], real_v=encoded["v"], real_cond=cond,
-            fake_a=fake_a, fake_v=fake_v, fake_cond=cond, cfg=cfg,
-            checkpoint_dir=tmp_path / f"c{run}", seed=0, cond_dropout=0.5)
-        assert s["steps"] == 3 and math.isfinite(s["loss"])
+        s = train_discriminator(Dr, base_a, base_v, real_a=encoded["a"], real_v=encoded["v"],
+                                fake_a=fake_a, fake_v=fake_v, cfg=cfg, conditions=conditions,
+                                checkpoint_dir=tmp_path / f"c{run}", seed=0)
+        assert s["steps"] == 3 and 0 <= s["acc_real_t500"] <= 1
         states.append(Dr.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert not torch.equal(states[0]["cond_proj.2.weight"], Dc.state_dict()["cond_proj.2.weight"])
+    # it saves and loads as itself
+    save_discriminator(Dr, tmp_path)
+    back = load_discriminator(tmp_path)
+    assert type(back) is ConditionalDiscriminator and back.cond_dim == 64
+    with torch.no_grad():
+        assert torch.equal(back(a, v, t, cond=cond[:4]), Dr.eval()(a, v, t, cond=cond[:4]))
     # the guide's input gradients are r_u + w (r_c − r_u) per modality, with each base's w
     Dc.load_state_dict(states[0])
     guide = CFGGuide.from_bases(Dc, cond[:1], base_a, base_v)
@@ -396,8 +408,8 @@ def test_presets_and_pretrained_config(weights, tmp_path):
     # what the train_base stage does for a pretrained kind: no training, a loadable base.json
     cfg = build(TrainBaseConfig, {"kind": "animatediff", "pretrained": {
         "model": str(weights["sd15"]), "motion_adapter": str(weights["adapter"]),
-        "guidance_scale": W_V, "device": "cpu"}}, "base.video")
+        "device": "cpu"}}, "base.video")
     summary = prepare_pretrained_base(torch.zeros(2, *VIDEO_LATENT), cfg, tmp_path / "base_video")
     assert summary["steps"] == 0
     base = load_base(tmp_path / "base_video")
-    assert base.latent_shape == VIDEO_LATENT and base.guidance_scale == W_V
+    assert base.latent_shape == VIDEO_LATENT

@@ -307,9 +307,8 @@ class TinyBase(torch.nn.Module):
             x_t = c["c_in"] * (x_t - c["a"] * self.data_mean)
         pattern, axes = self._layout
         lhs, rhs = pattern.split(" -> ")
-        labels = None if not self.cond_dim else cond.to(x_t.device, x_t.dtype)
-        out = self.unet(rearrange(x_t, pattern, **axes), t.to(x_t.device).long(),
-                        class_labels=labels).sample
+        extra = {} if not self.cond_dim else {"class_labels": cond.to(x_t.device, x_t.dtype)}
+        out = self.unet(rearrange(x_t, pattern, **axes), t.to(x_t.device).long(), **extra).sample
         return rearrange(out, f"{rhs} -> {lhs}", **axes)
 
     def _check_input(self, x_t: torch.Tensor, t: torch.Tensor) -> None:

@@ -91,12 +91,14 @@ def _check_latents(latents: torch.Tensor, cfg: TrainBaseConfig) -> None:
 # --------------------------------------------------------------------------- loop
 def train_base(latents: torch.Tensor, cfg: TrainBaseConfig, out_dir: Path, *, seed: int,
                log: Callable[[int, dict], None] | None = None, cond: torch.Tensor | None = None,
-               uncond: torch.Tensor | None = None) -> dict:
+               uncond: torch.Tensor | None = None, device: str | torch.device = "cpu") -> dict:
     """Train a ``TinyBase`` on ``latents``; save its EMA weights to ``out_dir``; return a summary.
 
     ``cond`` (``[N, E]``, one prompt embedding per latent) and ``uncond`` (``[1, E]``, the empty
     prompt's) train a conditional base: each row is given ``uncond`` instead of its prompt with
     probability ``cfg.cond_dropout``, so that one network learns ``ε_c`` and ``ε_u`` (CFG).
+    ``device``: where the network trains; every random draw stays on the CPU generator, so a
+    run's draws are the same on any device.
 
     A pretrained kind (``base.<m>.kind: audioldm | animatediff``) is not trained: its weights
     are checked against the latents and referenced from ``out_dir/base.json``.
@@ -123,6 +125,8 @@ def train_base(latents: torch.Tensor, cfg: TrainBaseConfig, out_dir: Path, *, se
         torch.manual_seed(seed)
         base = TinyBase(resolve_data_stats(cfg.model, latents), tuple(latents.shape[1:]),
                         cond_dim=0 if cond is None else cond.shape[1], uncond=uncond)
+    device = torch.device(device)
+    base.to(device)
     ema = copy.deepcopy(base.unet).requires_grad_(False)
     params = [p for p in base.unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, cfg.adam_beta2),
@@ -146,7 +150,8 @@ def train_base(latents: torch.Tensor, cfg: TrainBaseConfig, out_dir: Path, *, se
     while step < cfg.steps:
         for group in opt.param_groups:
             group["lr"] = learning_rate(cfg, step)
-        x0, t, noise, c = _draw_batch(latents, cfg, base.num_train_timesteps, gen, cond, uncond)
+        batch = _draw_batch(latents, cfg, base.num_train_timesteps, gen, cond, uncond)
+        x0, t, noise, c = (None if x is None else x.to(device) for x in batch)
         loss = diffusion_loss(base, x0, t, noise, cfg, c)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -170,8 +175,8 @@ def train_base(latents: torch.Tensor, cfg: TrainBaseConfig, out_dir: Path, *, se
                                          "optimizer": opt.state_dict(), "generator": gen.get_state(),
                                          "last": last}, fingerprint)
     # 4. final model = EMA weights
-    final = TinyBase(base.cfg, base.latent_shape, unet=ema, cond_dim=base.cond_dim,
-                     uncond=base.uncond)
+    final = TinyBase(base.cfg, base.latent_shape, unet=ema.cpu(), cond_dim=base.cond_dim,
+                     uncond=base.uncond.cpu() if base.uncond is not None else None)
     final.save(out_dir)
     return {"steps": cfg.steps, "resumed_from": resumed_from, "final_loss": last.get("loss"),
             "wall_s": time.perf_counter() - started, "num_parameters": final.num_parameters(),

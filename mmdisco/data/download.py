@@ -376,6 +376,20 @@ def find_yt_dlp(executable: str | None = None) -> str:
     return exe
 
 
+def write_captions(path: Path, captions: dict[str, str]) -> None:
+    """A ``file,caption`` CSV (what ``data.captions`` reads), written atomically, sorted by file."""
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["file", "caption"])
+    for name in sorted(captions):
+        writer.writerow([name, captions[name]])
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(buf.getvalue(), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def fetch_vggsound(csv_path: str | Path, out: str | Path, *, split: str | None = "test",
                    labels: Iterable[str] | None = None, limit: int | None = None,
                    seconds: int = 10, max_height: int = 360, yt_dlp: str | None = None,
@@ -385,7 +399,9 @@ def fetch_vggsound(csv_path: str | Path, out: str | Path, *, split: str | None =
 
     Files already there are kept (rerun to resume); clips that fail (removed, private,
     region-locked: many are) are listed in ``out/failed.json``; ``out/labels.json`` maps each
-    file to its label (the text prompt of text-conditional sampling).
+    file to its label, and ``out/captions.csv`` (columns ``file,caption``, paths relative to
+    ``out/videos``: the ``data.captions`` of ``data.folder: out/videos``) gives each file its
+    label as its caption (the text prompt of text-conditional sampling).
     """
     exe = find_yt_dlp(yt_dlp)
     clips = read_vggsound_csv(csv_path, split=split, labels=labels, limit=limit)
@@ -417,6 +433,7 @@ def fetch_vggsound(csv_path: str | Path, out: str | Path, *, split: str | None =
             tmp.unlink(missing_ok=True)
             failed[clip.name] = reason
     (Path(out) / "labels.json").write_text(json.dumps(have, indent=1, sort_keys=True) + "\n")
+    write_captions(Path(out) / "captions.csv", have)
     (Path(out) / "failed.json").write_text(json.dumps(failed, indent=1, sort_keys=True) + "\n")
     return {"requested": len(clips), "fetched": len(have), "failed": len(failed)}
 

@@ -156,19 +156,21 @@ def train_critic(critic: Critic, *, real_a: torch.Tensor, real_v: torch.Tensor,
                  alphas_a: torch.Tensor, alphas_v: torch.Tensor, cfg: CriticConfig,
                  checkpoint_dir: Path, seed: int,
                  log: Callable[[int, dict], None] | None = None,
-                 accelerator=None, stop_at: int | None = None) -> dict:
+                 accelerator=None, stop_at: int | None = None,
+                 device: str | torch.device | None = None) -> dict:
     """Train ``critic`` in place with InfoNCE on real pairs; resumable from ``checkpoint_dir``.
 
     Each step draws ``batch_size`` distinct training clips and one timestep; both modalities
     are noised to it (so every entry of the score matrix compares like with like).
-    ``accelerator`` and ``stop_at`` as in ``mmdisco.guidance.train.train_discriminator``
-    (several processes: see the module docstring).
+    ``accelerator``, ``stop_at`` and ``device`` as in
+    ``mmdisco.guidance.train.train_discriminator`` (several processes: see the module docstring).
     """
     from mmdisco.guidance.train import _load_shared, _share
 
     world, rank, part = _share(accelerator, cfg.batch_size)
     main = rank == 0
-    device = torch.device("cpu") if accelerator is None else accelerator.device
+    device = torch.device(device or "cpu") if accelerator is None else accelerator.device
+    critic.to(device)
     if len(real_a) != len(real_v):
         raise ValueError(f"real audio ({len(real_a)}) and video ({len(real_v)}) counts differ")
     if cfg.t_max >= len(alphas_a):

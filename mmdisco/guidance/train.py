@@ -171,11 +171,14 @@ def train_discriminator(D: nn.Module, base_a: BaseModel, base_v: BaseModel, *,
                         checkpoint_dir: Path, seed: int,
                         log: Callable[[int, dict], None] | None = None,
                         accelerator=None, stop_at: int | None = None,
-                        conditions: Conditions | None = None) -> dict:
+                        conditions: Conditions | None = None,
+                        device: str | torch.device | None = None) -> dict:
     """Train ``D`` in place with the loss of the method; return a summary with held-out accuracy.
 
     ``conditions``: train a text-conditional ``D`` (``ConditionalDiscriminator``) on each
     pair's prompt, with condition dropout (``Conditions``); everything else is the same loop.
+    ``device``: where a single process trains (``D`` is moved there; default the CPU); with an
+    ``accelerator`` its device is used. Random draws stay on the CPU generator either way.
 
     ``accelerator``: an ``accelerate.Accelerator`` to train data-parallel over its processes
     (see the module docstring); ``log`` is then called on the main process only. ``stop_at``:
@@ -185,7 +188,8 @@ def train_discriminator(D: nn.Module, base_a: BaseModel, base_v: BaseModel, *,
     check_pair(base_a, base_v)
     world, rank, part = _share(accelerator, cfg.batch_size)
     main = rank == 0
-    device = torch.device("cpu") if accelerator is None else accelerator.device
+    device = torch.device(device or "cpu") if accelerator is None else accelerator.device
+    D.to(device)
     if len(real_a) != len(real_v) or len(fake_a) != len(fake_v):
         raise ValueError("real audio/video and fake audio/video must have matching counts")
     if conditions is not None and (len(conditions.real) != len(real_a)
