@@ -174,6 +174,11 @@ class AudioLDMEncoder(_Frozen):
         return self._batched(lambda z: self.vae.decode(z.to(self.device, self.dtype) / sf).sample,
                              latents, "decode audio (vae)")
 
+    def to_db(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latent → dB mel ``[N, T, M]`` (for contact sheets): the VAE's log-magnitude mel
+        (natural log) times 20 / ln 10."""
+        return self.decode_mel(latents)[:, 0].float().cpu() * (20.0 / math.log(10.0))
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latent → waveform ``[N, L]`` at the clip rate (VAE decoder, then the vocoder)."""
         mel = self.decode_mel(latents)

@@ -1,0 +1,132 @@
+"""The paper's real setting end to end, offline: `dvc repro` with ``condition: caption`` on a
+folder of captioned media files, AudioLDM- and AnimateDiff-layout bases and encoders.
+
+The pretrained components are tiny random models built from configs and saved locally in the
+hub's folder layout (``tests/test_pretrained.py`` builds them); every stage loads them through
+the same from-path code that loads the real weights. Nothing is downloaded
+(``HF_HUB_OFFLINE=1``)."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mmdisco.data.media import write_av
+from mmdisco.guidance.conditional import ConditionalDiscriminator
+from mmdisco.guidance.store import load_discriminator
+from mmdisco.testing import make_project, run
+from test_pipeline import STAGES, ran
+from test_pretrained import animatediff_components, audioldm_components, save_components
+
+FPS, SIZE, RATE = 25, 16, 8000      # clips of 0.64 s: 16 frames of 16×16 and 5120 samples
+COLOURS = {"red": (230, 40, 40), "green": (40, 220, 60), "blue": (50, 60, 230),
+           "yellow": (230, 220, 40)}
+
+
+def media_folder(root, n: int = 8):
+    """``n`` files of 1.28 s (two clips each): a coloured square that drops and a tone on each
+    landing; a captions CSV for all but the last file (which gets the empty caption)."""
+    root.mkdir()
+    rows = []
+    for i in range(n):
+        name, colour = list(COLOURS.items())[i % 4]
+        frames = np.full((32, 32, 32, 3), 20, np.uint8)
+        for f in range(32):
+            y = 4 + (f * 3) % 20
+            frames[f, y:y + 8, 12:20] = colour
+        t = np.arange(int(1.28 * 16000)) / 16000
+        tone = 0.4 * np.sin(2 * np.pi * (300 + 200 * (i % 4)) * t) * (np.mod(t, 0.27) < 0.08)
+        write_av(root / f"clip{i}.mp4", frames, FPS, tone.astype(np.float32), 16000)
+        if i < n - 1:
+            rows.append({"file": f"clip{i}.mp4", "caption": f"a {name} square with a tone"})
+    with open(root.parent / "captions.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["file", "caption"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root, root.parent / "captions.csv"
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_text_conditional_real_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    weights = tmp_path / "weights"
+    save_components(audioldm_components(), weights / "audioldm")
+    video = animatediff_components()
+    save_components(video, weights / "sd15")
+    video["motion_adapter"].save_pretrained(weights / "motion_adapter")
+    folder, captions = media_folder(tmp_path / "media")
+    overrides = {
+        "condition": "caption", "device": "cpu",
+        "data.source": "folder", "data.folder": str(folder), "data.captions": str(captions),
+        "data.clip.seconds": 0.64, "data.clip.hop_seconds": 0.64, "data.clip.fps": FPS,
+        "data.clip.size": SIZE, "data.clip.sample_rate": RATE, "data.clip.workers": 1,
+        "encoders.audio.kind": "audioldm", "encoders.audio.model": str(weights / "audioldm"),
+        "encoders.audio.device": "cpu",
+        "encoders.video.kind": "sd_vae", "encoders.video.model": str(weights / "sd15"),
+        "encoders.video.device": "cpu", "encoders.batch_size": 8,
+        "base.audio.kind": "audioldm", "base.audio.pretrained.model": str(weights / "audioldm"),
+        "base.audio.pretrained.device": "cpu",
+        "base.video.kind": "animatediff", "base.video.pretrained.model": str(weights / "sd15"),
+        "base.video.pretrained.motion_adapter": str(weights / "motion_adapter"),
+        "base.video.pretrained.device": "cpu", "base.video.pretrained.beta_schedule": "linear",
+        "cfg.audio": 2.5, "cfg.video": 7.5,
+        "fakes.num_pairs": 8, "fakes.steps": 2, "fakes.batch_size": 4,
+        "discriminator.width": 8, "discriminator.time_dim": 16, "discriminator.head_hidden": 16,
+        "train.steps": 3, "train.batch_size": 4, "train.heldout": 8, "train.eval_every": 3,
+        "train.log_every": 1, "train.checkpoint_every": 3,
+        "critic.width": 8, "critic.time_dim": 16, "critic.dim": 8, "critic.steps": 2,
+        "critic.batch_size": 4, "critic.heldout": 8, "critic.eval_every": 2,
+        "critic.log_every": 1, "critic.checkpoint_every": 2,
+        "guidance.scale": 1.0, "guidance.audio_weight": 1.0, "guidance.video_weight": 8.0,
+        "sample.num_samples": 4, "sample.steps": 2, "sample.batch_size": 2, "sample.media": 2,
+        "sample.prompts": ["a red square with a tone", "a blue square with a tone"],
+        "eval.bootstrap": 20, "eval.av_align_pairs": 4,
+    }
+    proj = make_project(tmp_path / "proj", overrides)
+    first = run(["dvc", "repro"], proj)
+    assert ran(first.stdout) == set(STAGES), first.stdout
+
+    # captions: the CSV's for 7 files, the empty caption for the last; 2 clips per file
+    index = json.loads((proj / "data/clips/index.json").read_text())
+    assert index["num_clips"] == 16
+    assert sum(c["caption"] == "" for c in index["clips"]) == 2
+    text = json.loads((proj / "data/latents/text.json").read_text())
+    assert set(text["prompts"]) == {"", *(f"a {c} square with a tone" for c in COLOURS)}
+    assert text["encoders"]["audio"]["kind"] == "audioldm"
+    emb_a = load_file(str(proj / "data/latents/text_audio.safetensors"))
+    emb_v = load_file(str(proj / "data/latents/text_video.safetensors"))
+    assert emb_a["prompts"].shape == (5, 32)            # CLAP's projection
+    assert emb_v["prompts"].shape == (5, 16, 32)        # CLIP's hidden states
+    assert emb_v["null"].shape == (1, 16, 32)
+
+    # the fake bank holds a real caption for every pair; the discriminator is conditional
+    bank = json.loads((proj / "data/fakes/bank.json").read_text())
+    assert len(bank["captions"]) == 8 and set(bank["captions"]) <= set(text["prompts"])
+    assert (bank["cfg_audio"], bank["cfg_video"]) == (2.5, 7.5)
+    D = load_discriminator(proj / "models/discriminator")
+    assert type(D) is ConditionalDiscriminator and D.cond_dim == 32 + 32
+    disc = json.loads((proj / "metrics/discriminator.json").read_text())
+    assert 0 <= disc["acc_real_t500"] <= 1
+
+    # samples from the prompts, named by prompt index, prompts recorded; every set has AV-Align
+    for name in ("baseline", "guided"):
+        prompts = json.loads((proj / f"data/samples/{name}/prompts.json").read_text())
+        assert prompts["prompts"] == overrides["sample.prompts"]
+        assert prompts["prompt_of"] == [0, 1, 0, 1]
+        media = sorted(p.name for p in (proj / f"data/samples/{name}/media").glob("*.mp4"))
+        assert media == [f"{name}_p000_000.mp4", f"{name}_p001_001.mp4"]
+    guided = load_file(str(proj / "data/samples/guided/video.safetensors"))["latents"]
+    baseline = load_file(str(proj / "data/samples/baseline/video.safetensors"))["latents"]
+    assert guided.shape == baseline.shape == (4, 16, 4, 8, 8) and torch.isfinite(guided).all()
+    assert not torch.equal(guided, baseline)            # the guide acts
+    report = json.loads((proj / "metrics/eval.json").read_text())
+    for name in ("real", "shuffled", "baseline", "guided"):
+        assert report[name]["av_align_n"] == 4 and 0 <= report[name]["av_align"] <= 1
+
+    # nothing is stale: a second repro runs nothing
+    second = run(["dvc", "repro"], proj)
+    assert ran(second.stdout) == set(), second.stdout
