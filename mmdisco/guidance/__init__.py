@@ -1,0 +1,1 @@
+"""Discriminator guidance: the guides (discriminator, conditional discriminator, critic), their training, storage and the guided sampler."""
