@@ -19,8 +19,9 @@ import torch
 
 from mmdisco.bases.protocol import sigma, sqrt_alpha_bar
 from mmdisco.bases.tiny import TinyBase, check_config, check_shape
-from mmdisco.config import ConfigError, TinyBaseConfig, TrainBaseConfig, to_dict
 from mmdisco import checkpoint
+from mmdisco.config import ConfigError, TinyBaseConfig, TrainBaseConfig, to_dict
+from mmdisco.loop import Schedule, train_loop
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -119,7 +120,7 @@ def train_base(latents: torch.Tensor, cfg: TrainBaseConfig, out_dir: Path, *, se
         uncond = torch.zeros(1, cond.shape[1]) if uncond is None else \
             uncond.detach().float().cpu().reshape(1, -1)
     started = time.perf_counter()
-    # 1. model, EMA copy, optimiser, generator
+    # 1. model, EMA copy, optimiser, generator (every draw from it, on the CPU)
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG left untouched
         torch.manual_seed(seed)
@@ -131,50 +132,27 @@ def train_base(latents: torch.Tensor, cfg: TrainBaseConfig, out_dir: Path, *, se
     params = [p for p in base.unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, cfg.adam_beta2),
                             weight_decay=cfg.weight_decay)
-    # 2. resume
-    ckpt = out_dir / CHECKPOINT_DIR
-    fingerprint = _fingerprint(latents, cfg, seed, cond, uncond)
-    step, last = 0, {}
-    state = checkpoint.load(ckpt, fingerprint)  # None when absent or made by another run
-    if state is not None:
-        base.unet.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        step, last = int(state["step"]), dict(state.get("last", {}))
-    resumed_from = step
-    # 3. loop
-    base.train()
     ema_params = list(ema.parameters())
-    window: list[float] = []
-    while step < cfg.steps:
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(cfg, step)
+
+    # 2. the loop (resume by fingerprint, clipping, logging, checkpoints: mmdisco.loop)
+    def step_fn(_unet):
         batch = _draw_batch(latents, cfg, base.num_train_timesteps, gen, cond, uncond)
         x0, t, noise, c = (None if x is None else x.to(device) for x in batch)
         loss = diffusion_loss(base, x0, t, noise, cfg, c)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
-        opt.step()
+        return loss, {"loss": loss.detach().item()}
+
+    def update_ema(step: int) -> None:
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, params, 1.0 - ema_decay(cfg, step))
-        step += 1
-        window.append(loss.detach().item())
-        if not math.isfinite(window[-1]):
-            raise FloatingPointError(f"training loss became {window[-1]} at step {step}; lower lr "
-                                     f"(now {cfg.lr}) or raise grad_clip")
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            last = {"loss": sum(window) / len(window), "lr": opt.param_groups[0]["lr"],
-                    "grad_norm": float(grad_norm)}
-            window = []
-            if log is not None:
-                log(step, last)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            checkpoint.save(ckpt, step, {"model": base.unet.state_dict(), "ema": ema.state_dict(),
-                                         "optimizer": opt.state_dict(), "generator": gen.get_state(),
-                                         "last": last}, fingerprint)
-    # 4. final model = EMA weights
+
+    result = train_loop(
+        name="base training", model=base.unet, opt=opt, lr_at=lambda s: learning_rate(cfg, s),
+        schedule=Schedule(cfg.steps, cfg.log_every, cfg.checkpoint_every, grad_clip=cfg.grad_clip),
+        step_fn=step_fn, generator=gen, checkpoint_dir=out_dir / CHECKPOINT_DIR,
+        fingerprint=_fingerprint(latents, cfg, seed, cond, uncond), lr_key="base.<m>.lr",
+        log=log, extra={"ema": (ema.state_dict, ema.load_state_dict)}, after_update=update_ema)
+    resumed_from, last = result.resumed_from, result.last
+    # 3. final model = EMA weights
     final = TinyBase(base.cfg, base.latent_shape, unet=ema.cpu(), cond_dim=base.cond_dim,
                      uncond=base.uncond.cpu() if base.uncond is not None else None)
     final.save(out_dir)

@@ -40,10 +40,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmdisco import checkpoint
-from mmdisco.distributed import barrier
 from mmdisco.config import CriticConfig, to_dict
 from mmdisco.guidance.discriminator import AudioFeatures, TimeEmbedding, VideoFeatures, _check_inputs
 from mmdisco.guidance.loss import forward_noise
+from mmdisco.loop import Schedule, train_loop
 
 EVAL_TIMESTEPS = (300, 500, 700, 850)
 
@@ -165,10 +165,9 @@ def train_critic(critic: Critic, *, real_a: torch.Tensor, real_v: torch.Tensor,
     ``accelerator``, ``stop_at`` and ``device`` as in
     ``mmdisco.guidance.train.train_discriminator`` (several processes: see the module docstring).
     """
-    from mmdisco.guidance.train import _load_shared, _share
+    from mmdisco.guidance.train import _share
 
-    world, rank, part = _share(accelerator, cfg.batch_size)
-    main = rank == 0
+    world, _, part = _share(accelerator, cfg.batch_size)
     device = torch.device(device or "cpu") if accelerator is None else accelerator.device
     critic.to(device)
     if len(real_a) != len(real_v):
@@ -187,75 +186,38 @@ def train_critic(critic: Critic, *, real_a: torch.Tensor, real_v: torch.Tensor,
     opt = torch.optim.AdamW(critic.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     fp = checkpoint.fingerprint("critic", real_a, real_v, alphas_a, alphas_v, to_dict(cfg), seed,
                                 critic.config)
-    step = resumed_from = 0
-    state = _load_shared(checkpoint_dir, fp, accelerator, main)
-    if state is not None:
-        critic.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        step = resumed_from = int(state["step"])
-    towers = None
-    if world > 1:
-        towers, opt = accelerator.prepare(_Towers(critic), opt)
-    critic.train()
-    window: dict[str, list[float]] = {}
-    last_eval: dict[str, float] = {}
-    while step < cfg.steps:
-        lr = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
-        lr *= 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
-        for group in opt.param_groups:
-            group["lr"] = lr
+    def step_fn(trained: nn.Module):
         idx = torch.randperm(len(tr_a), generator=gen)[:cfg.batch_size]
         a_t, v_t, t = _noisy_batch(tr_a[idx], tr_v[idx], sample_timestep(cfg, gen),
                                    alphas_a, alphas_v, gen)   # the global batch
-        if world > 1:
-            S = _gathered_scores(towers, critic, *(x.to(device) for x in (a_t, v_t, t)), part)
+        if world > 1:   # trained: the DDP-wrapped towers
+            S = _gathered_scores(trained, critic, *(x.to(device) for x in (a_t, v_t, t)), part)
         else:
-            S = critic.scores(a_t, v_t, t)
+            S = critic.scores(a_t.to(device), v_t.to(device), t.to(device))
         loss = info_nce(S)
-        opt.zero_grad(set_to_none=True)
-        if world > 1:
-            accelerator.backward(loss)
-        else:
-            loss.backward()
-        if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(critic.parameters(), cfg.grad_clip)
-        opt.step()
-        step += 1
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"critic loss became {value} at step {step}; "
-                                     f"lower critic.lr (now {cfg.lr})")
-        window.setdefault("loss", []).append(value)
-        window.setdefault("top1", []).append(
-            float((S.detach().argmax(1).cpu() == torch.arange(len(S))).float().mean()))
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            means = {k: sum(v) / len(v) for k, v in window.items()}
-            window = {}
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                critic.eval()
-                last_eval = retrieval_accuracy(critic, real_a[held], real_v[held], alphas_a,
-                                               alphas_v, seed=seed + 1)
-                critic.train()
-                means.update(last_eval)
-            if log is not None and main:
-                log(step, {"lr": lr, **means})
-        stopping = stop_at is not None and step >= stop_at
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
-            if main:
-                checkpoint.save(checkpoint_dir, step, {"model": critic.state_dict(),
-                                                       "optimizer": opt.state_dict(),
-                                                       "generator": gen.get_state()}, fp)
-            if world > 1:
-                barrier()
-        if stopping and step < cfg.steps:
-            critic.eval()
-            return {"steps": cfg.steps, "stopped_at": step, "resumed_from": resumed_from,
-                    "wall_s": time.perf_counter() - started}
-    critic.eval()
-    if not last_eval:
-        last_eval = retrieval_accuracy(critic, real_a[held], real_v[held], alphas_a, alphas_v,
-                                       seed=seed + 1)
+        top1 = float((S.detach().argmax(1).cpu() == torch.arange(len(S))).float().mean())
+        return loss, {"loss": float(loss.detach()), "top1": top1}
+
+    def evaluate() -> dict[str, float]:
+        return retrieval_accuracy(critic, real_a[held], real_v[held], alphas_a, alphas_v,
+                                  seed=seed + 1)
+
+    def lr_at(step: int) -> float:
+        warm = min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+        return cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+
+    result = train_loop(
+        name="critic", model=critic, opt=opt, generator=gen, checkpoint_dir=checkpoint_dir,
+        fingerprint=fp, lr_key="critic.lr", accelerator=accelerator, log=log, lr_at=lr_at,
+        schedule=Schedule(cfg.steps, cfg.log_every, cfg.checkpoint_every, cfg.eval_every,
+                          cfg.grad_clip),
+        step_fn=step_fn, evaluate=evaluate, stop_at=stop_at,
+        prepare=lambda model, o: accelerator.prepare(_Towers(model), o))
+    resumed_from = result.resumed_from
+    if result.stopped:
+        return {"steps": cfg.steps, "stopped_at": result.step, "resumed_from": resumed_from,
+                "wall_s": time.perf_counter() - started}
+    last_eval = result.last_eval or evaluate()
     return {"steps": cfg.steps, "resumed_from": resumed_from,
             "wall_s": time.perf_counter() - started, "heldout": len(held),
             "num_parameters": sum(p.numel() for p in critic.parameters()), **last_eval}

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from mmdisco import checkpoint
-from mmdisco.distributed import barrier
+from mmdisco.loop import Schedule, train_loop
 from mmdisco.bases.protocol import BaseModel, check_pair
 from mmdisco.config import TrainConfig, to_dict
 from mmdisco.guidance.loss import DiscriminatorLoss, forward_noise
@@ -119,26 +119,6 @@ def _share(accelerator, batch_size: int) -> tuple[int, int, slice | None]:
     return world, rank, slice(rank * per, (rank + 1) * per)
 
 
-def _load_shared(folder: Path, fp: str, accelerator, main: bool) -> dict | None:
-    """The checkpoint as read by the main process, broadcast to the others."""
-    state = checkpoint.load(folder, fp) if main else None
-    if accelerator is not None and accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        state = broadcast_object_list([state], from_process=0)[0]
-    return state
-
-
-def _mean_over_processes(accelerator, stats: dict[str, float]) -> dict[str, float]:
-    """Per-process statistics of equal shares averaged: the whole batch's figures."""
-    if accelerator is None or accelerator.num_processes == 1:
-        return stats
-    keys = list(stats)   # the same order on every process (and in the curve's columns)
-    t = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=accelerator.device)
-    t = accelerator.reduce(t, reduction="mean").cpu()
-    return {k: float(v) for k, v in zip(keys, t)}
-
-
 @torch.no_grad()
 def heldout_accuracy(D: nn.Module, base_a: BaseModel, base_v: BaseModel,
                      real_a: torch.Tensor, real_v: torch.Tensor,
@@ -186,8 +166,7 @@ def train_discriminator(D: nn.Module, base_a: BaseModel, base_v: BaseModel, *,
     ``stopped_at`` and no held-out figures); a later call resumes.
     """
     check_pair(base_a, base_v)
-    world, rank, part = _share(accelerator, cfg.batch_size)
-    main = rank == 0
+    world, _, part = _share(accelerator, cfg.batch_size)
     device = torch.device(device or "cpu") if accelerator is None else accelerator.device
     D.to(device)
     if len(real_a) != len(real_v) or len(fake_a) != len(fake_v):
@@ -223,25 +202,7 @@ def train_discriminator(D: nn.Module, base_a: BaseModel, base_v: BaseModel, *,
                                 *(() if conditions is None else
                                   (conditions.joint, conditions.real, conditions.fake,
                                    conditions.dropout)))
-    state = _load_shared(checkpoint_dir, fp, accelerator, main)
-    step = 0
-    if state is not None:
-        D.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        step = int(state["step"])
-    resumed_from = step
-    model = D   # what is trained: D itself, or its DDP wrapper
-    if world > 1:
-        model, opt = accelerator.prepare(D, opt)
-    # 3. loop
-    model.train()
-    window: dict[str, list[float]] = {}
-    last_eval: dict[str, float] = {}
-    while step < cfg.steps:
-        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))  # cosine decay
-        for group in opt.param_groups:
-            group["lr"] = lr
+    def step_fn(model: nn.Module):
         idx = torch.randint(len(tr_a), (cfg.batch_size,), generator=gen)   # the global batch,
         rows = None
         if conditions is None:
@@ -251,50 +212,25 @@ def train_discriminator(D: nn.Module, base_a: BaseModel, base_v: BaseModel, *,
                                                  gen, real_prompt=tr_p, fake_prompt=fk_p)
             rows = conditions.rows(tr_p[idx], neg_p)
         batch = [x.to(device) for x in (tr_a[idx], tr_v[idx], neg_a, neg_v)]
-        loss, stats = loss_fn(model, base_a, base_v, *batch, gen, part=part,   # this share of it
-                              prompts=rows)
-        opt.zero_grad(set_to_none=True)
-        if world > 1:
-            accelerator.backward(loss)   # DDP averages the shares' gradients
-        else:
-            loss.backward()
-        if cfg.grad_clip > 0:
-            stats["grad_norm"] = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-        opt.step()
-        step += 1
-        stats = _mean_over_processes(accelerator, stats)
-        if not math.isfinite(stats["loss"]):
-            raise FloatingPointError(f"discriminator loss became {stats['loss']} at step {step}; "
-                                     f"lower train.lr (now {cfg.lr})")
-        for k, v in stats.items():
-            window.setdefault(k, []).append(v)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            means = {k: sum(v) / len(v) for k, v in window.items()}
-            window = {}
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                D.eval()   # every process computes it (no collective): same figures on all
-                last_eval = heldout_accuracy(D, base_a, base_v, real_a[held], real_v[held],
-                                             *held_fake, seed=seed + 1, **held_cond)
-                model.train()
-                means.update(last_eval)
-            if log is not None and main:
-                log(step, {"lr": lr, **means})
-        stopping = stop_at is not None and step >= stop_at
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
-            if main:   # D is the unwrapped module: its state dict loads with any process count
-                checkpoint.save(checkpoint_dir, step, {"model": D.state_dict(),
-                                                       "optimizer": opt.state_dict(),
-                                                       "generator": gen.get_state()}, fp)
-            if world > 1:
-                barrier()
-        if stopping and step < cfg.steps:
-            D.eval()
-            return {"steps": cfg.steps, "stopped_at": step, "resumed_from": resumed_from,
-                    "wall_s": time.perf_counter() - started}
-    D.eval()
-    if not last_eval:  # resumed at the end: recompute the held-out figures
-        last_eval = heldout_accuracy(D, base_a, base_v, real_a[held], real_v[held], *held_fake,
-                                     seed=seed + 1, **held_cond)
-    return {"steps": cfg.steps, "resumed_from": resumed_from,
+        return loss_fn(model, base_a, base_v, *batch, gen, part=part,   # this share of it
+                       prompts=rows)
+
+    def evaluate() -> dict[str, float]:
+        return heldout_accuracy(D, base_a, base_v, real_a[held], real_v[held], *held_fake,
+                                seed=seed + 1, **held_cond)
+
+    # 3. the loop (resume, data parallelism, logging, checkpoints: mmdisco.loop)
+    result = train_loop(
+        name="discriminator", model=D, opt=opt, generator=gen, checkpoint_dir=checkpoint_dir,
+        fingerprint=fp, lr_key="train.lr", accelerator=accelerator, log=log,
+        lr_at=lambda step: cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)),
+        schedule=Schedule(cfg.steps, cfg.log_every, cfg.checkpoint_every, cfg.eval_every,
+                          cfg.grad_clip),
+        step_fn=step_fn, evaluate=evaluate, reduce_stats=True, stop_at=stop_at)
+    if result.stopped:
+        return {"steps": cfg.steps, "stopped_at": result.step, "resumed_from": result.resumed_from,
+                "wall_s": time.perf_counter() - started}
+    last_eval = result.last_eval or evaluate()   # resumed at the end: compute them again
+    return {"steps": cfg.steps, "resumed_from": result.resumed_from,
             "wall_s": time.perf_counter() - started,
             "num_parameters": sum(p.numel() for p in D.parameters()), **last_eval}
