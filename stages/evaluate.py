@@ -221,7 +221,7 @@ def main(params_path: Path, clips_dir: Path, latents_dir: Path, samples_dir: Pat
             v = load_tensors(samples_dir / name / "video.safetensors")["latents"]
             k = subsample(len(a), cfg.max_pairs, seed)
             latents[name] = (a[k], v[k])
-    need_waves = len(videos) if cfg.audio_features else cfg.av_align_pairs
+    need_waves = None if cfg.audio_features else cfg.av_align_pairs   # all, or what AV-Align reads
     for name, (a, v) in latents.items():
         with torch.no_grad():
             sets[name] = (pixels.decode(v).numpy(), mel.decode(a[:need_waves]).numpy())
