@@ -455,8 +455,8 @@ class SampleConfig:
 class CFGConfig:
     """Each base's own classifier-free guidance weight w (``condition: caption``)."""
 
-    audio: float = _opt(1.0, lo=0.0, doc="ε = ε_u + w (ε_c − ε_u); 1 = prompt only")
-    video: float = _opt(1.0, lo=0.0, doc="likewise for the video base")
+    audio: float = _opt(2.0, lo=0.0, doc="ε = ε_u + w (ε_c − ε_u); 1 = prompt only")
+    video: float = _opt(2.0, lo=0.0, doc="likewise for the video base")
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,9 @@ from mmdisco import distributed as dist  # noqa: E402
 from mmdisco.bases import TinyBase, TinyBaseConfig  # noqa: E402
 from mmdisco.config import CriticConfig, TrainConfig  # noqa: E402
 from mmdisco.guidance.critic import Critic, train_critic  # noqa: E402
+from mmdisco.guidance.conditional import ConditionalDiscriminator  # noqa: E402
 from mmdisco.guidance.discriminator import Discriminator  # noqa: E402
-from mmdisco.guidance.train import train_discriminator  # noqa: E402
+from mmdisco.guidance.train import Conditions, train_discriminator  # noqa: E402
 from stages.sample_fakes import fake_bank  # noqa: E402
 
 AUDIO, VIDEO = (1, 8, 8), (4, 3, 8, 8)
@@ -68,6 +69,23 @@ def train(ckpt: Path, accelerator=None, stop_at: int | None = None, logs: list |
     return D, summary
 
 
+def train_conditional(ckpt: Path, accelerator=None) -> ConditionalDiscriminator:
+    """A text-conditional discriminator through the same loop: 3 prompts, condition dropout."""
+    base_a, base_v = bases()
+    real_a, real_v = data(40)
+    fake_a, fake_v = data(40, seed=1)
+    joint = torch.randn((3, 6), generator=torch.Generator().manual_seed(2))
+    conditions = Conditions(joint, torch.arange(40) % 3, torch.arange(40).flip(0) % 3,
+                            dropout=0.3)
+    torch.manual_seed(1)
+    D = ConditionalDiscriminator(cond_dim=6, audio_shape=AUDIO, video_shape=VIDEO, width=8,
+                                 time_dim=16, head_hidden=16)
+    train_discriminator(D, base_a, base_v, real_a=real_a, real_v=real_v, fake_a=fake_a,
+                        fake_v=fake_v, cfg=CFG, checkpoint_dir=ckpt, seed=7,
+                        accelerator=accelerator, conditions=conditions)
+    return D
+
+
 def critic_run(ckpt: Path, accelerator=None) -> Critic:
     base_a, base_v = bases()
     real_a, real_v = data(40)
@@ -100,6 +118,9 @@ def main(out: Path) -> None:
                    out / "d_resumed.pt")
     _, summary = train(out / "ckpt_from2", accelerator, stop_at=STOP)
     assert summary["stopped_at"] == STOP
+    Dc = train_conditional(out / "ckpt_cond", accelerator)
+    if dist.is_main():
+        torch.save(Dc.state_dict(), out / "d_cond.pt")
     C = critic_run(out / "ckpt_critic", accelerator)
     if dist.is_main():
         torch.save(C.state_dict(), out / "critic.pt")

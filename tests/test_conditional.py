@@ -61,7 +61,7 @@ def test_the_world_captions_its_classes_and_the_vocabulary_is_a_param():
 
 def test_condition_keys_are_validated():
     p = load_params(ROOT / "params.yaml")
-    assert p.condition == "none" and p.cfg.audio == 1.0 and p.sample.prompts == ()
+    assert p.condition == "none" and p.cfg.audio == 2.0 and p.sample.prompts == ()
     with pytest.raises(ConfigError, match="condition must be one of none, caption"):
         load_params(ROOT / "params.yaml", {"condition": "text"})
     with pytest.raises(ConfigError, match="data.captions names a captions CSV for data.folder"):

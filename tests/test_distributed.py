@@ -249,6 +249,11 @@ def test_two_processes_train_the_same_discriminator_as_one(launched, tmp_path):
             assert got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-6), k
 
 
+def test_two_processes_train_the_same_conditional_discriminator_as_one(launched, tmp_path):
+    assert_same_model(torch.load(launched / "d_cond.pt", weights_only=True),
+                      w.train_conditional(tmp_path / "ckpt"))
+
+
 def test_resume_across_process_counts_ends_with_the_same_weights(launched, tmp_path):
     D_full, _ = w.train(tmp_path / "full")
     # checkpoint of 1 process (stopped at STOP), resumed by 2

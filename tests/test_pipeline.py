@@ -89,6 +89,9 @@ def test_dvc_repro_runs_the_pipeline_and_is_cached(project):
     assert report["real"]["aligned_fraction"] >= 0.95
     assert report["shuffled"]["aligned_fraction"] < 0.5
     assert report["guided"]["validity_audio_n"] == 6
+    for name, n in (("real", 48), ("shuffled", 48), ("baseline", 6), ("guided", 6)):
+        assert report[name]["av_align_n"] == n and 0 <= report[name]["av_align"] <= 1
+    assert "prompt_agreement_audio" not in report["guided"]      # condition: none
     sweep = (proj / "plots/sweep.csv").read_text().splitlines()
     assert sweep[0].startswith("scale,") and "guided_temporal_f1" in sweep[0]
     assert float(sweep[1].split(",")[0]) == 8.0 and len(sweep) == 2
@@ -147,3 +150,35 @@ def test_dvc_repro_runs_the_pipeline_and_is_cached(project):
                proj).stdout
     assert "guided_temporal_f1" in vega, vega[:2000]
     assert re.search(r'"scale":\s*"?2(\.0)?"?[,}\s]', vega), vega[:2000]
+
+
+@pytest.mark.slow
+def test_condition_caption_runs_the_embedded_world_from_prompts(project):
+    from mmdisco.config import SynthConfig
+    from mmdisco.data.synth import class_captions
+    from mmdisco.guidance.conditional import ConditionalDiscriminator
+    from mmdisco.guidance.store import load_discriminator
+
+    proj = project({**SMALL, "condition": "caption"})
+    first = run(["dvc", "repro"], proj)
+    assert ran(first.stdout) == set(STAGES), first.stdout
+    captions = class_captions(SynthConfig())
+    truth = json.loads((proj / "data/raw/truth.json").read_text())
+    assert all(r["caption"] == captions[r["class"]] for r in truth)
+    text = json.loads((proj / "data/latents/text.json").read_text())
+    assert set(text["prompts"]) <= set(captions) and len(text["clip_prompt"]) == 48
+    assert json.loads((proj / "models/base_audio/base.json").read_text())["cond_dim"] == 64
+    bank = json.loads((proj / "data/fakes/bank.json").read_text())
+    assert len(bank["captions"]) == 16 and set(bank["captions"]) <= set(captions)
+    assert type(load_discriminator(proj / "models/discriminator")) is ConditionalDiscriminator
+    for name in ("baseline", "guided"):
+        prompts = json.loads((proj / f"data/samples/{name}/prompts.json").read_text())
+        assert len(prompts["prompt_of"]) == 6 and set(prompts["prompts"]) <= set(captions)
+        assert sorted(p.name for p in (proj / f"data/samples/{name}/media").glob("*.mp4")) == \
+            [f"{name}_p{j:03d}_{i:03d}.mp4" for i, j in enumerate(prompts["prompt_of"][:2])]
+    report = json.loads((proj / "metrics/eval.json").read_text())
+    for name in ("baseline", "guided"):
+        for m in ("audio", "video"):
+            assert report[name][f"prompt_agreement_{m}_n"] == 6
+            assert 0 <= report[name][f"prompt_agreement_{m}"] <= 1
+    assert run(["dvc", "repro"], proj).stdout.count("Running stage") == 0
