@@ -18,14 +18,18 @@ SECTIONS = ("real", "shuffled", "baseline", "guided")
 # shows here) and the Fréchet distances to real clips
 COLUMNS = ("validity_audio", "validity_video", "semantic_agreement", "temporal_f1",
            "aligned_fraction", "class_balance_audio", "class_balance_video", "fd_audio",
-           "fd_video")
+           "fd_video", "prompt_agreement_audio", "prompt_agreement_video", "fd_audio_net",
+           "fd_video_net", "av_align")
 TITLES = {"validity_audio": "valid audio", "validity_video": "valid video",
           "semantic_agreement": "semantic", "temporal_f1": "temporal F1",
           "aligned_fraction": "aligned", "fd_audio": "FD audio", "fd_video": "FD video",
           "temporal_f1_tol1": "temporal F1 ±1", "validity_both": "valid both",
           "class_balance_audio": "balance audio", "class_balance_video": "balance video",
-          "tonal_fraction": "tonal (mp4)"}
-WITH_INTERVAL = {"semantic_agreement", "temporal_f1", "aligned_fraction"}
+          "tonal_fraction": "tonal (mp4)", "prompt_agreement_audio": "prompt audio",
+          "prompt_agreement_video": "prompt video", "fd_audio_net": "FD audio (net)",
+          "fd_video_net": "FD video (net)", "av_align": "AV-Align"}
+WITH_INTERVAL = {"semantic_agreement", "temporal_f1", "aligned_fraction", "prompt_agreement_audio",
+                 "prompt_agreement_video", "av_align"}
 
 
 def cell(section: dict, key: str) -> str:
@@ -42,8 +46,16 @@ def cell(section: dict, key: str) -> str:
     return text
 
 
-def markdown_table(report: dict, columns: tuple[str, ...] = COLUMNS) -> str:
-    """The report as a Markdown table, sections in their usual order."""
+def present(report: dict, columns: tuple[str, ...] = COLUMNS) -> tuple[str, ...]:
+    """The columns that some section of ``report`` has (a report of real data has no
+    ground-truth columns; an unconditional one no prompt agreement)."""
+    return tuple(c for c in columns if any(c in m for m in report.values() if isinstance(m, dict)))
+
+
+def markdown_table(report: dict, columns: tuple[str, ...] | None = None) -> str:
+    """The report as a Markdown table, sections in their usual order; by default the
+    ``COLUMNS`` that the report has."""
+    columns = present(report) if columns is None else columns
     head = "| set | " + " | ".join(TITLES.get(c, c) for c in columns) + " |"
     rule = "|---" * (len(columns) + 1) + "|"
     rows = [f"| {name} | " + " | ".join(cell(report[name], c) for c in columns) + " |"
@@ -55,12 +67,13 @@ def markdown_table(report: dict, columns: tuple[str, ...] = COLUMNS) -> str:
 
 @click.command("report")
 @click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--columns", default=",".join(COLUMNS), show_default=True,
-              help="comma-separated metric names of metrics/eval.json")
+@click.option("--columns", default=None,
+              help="comma-separated metric names of metrics/eval.json [default: those of "
+                   + ", ".join(COLUMNS) + " that the report has]")
 def main(files: tuple[Path, ...], columns: str) -> None:
     """Print metrics/eval.json (or the given files) as Markdown results tables."""
     files = files or (Path("metrics/eval.json"),)
-    cols = tuple(c.strip() for c in columns.split(",") if c.strip())
+    cols = None if columns is None else tuple(c.strip() for c in columns.split(",") if c.strip())
     for i, path in enumerate(files):
         try:
             report = json.loads(path.read_text())
