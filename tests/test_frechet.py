@@ -300,3 +300,30 @@ def test_torchscript_extractor_refuses_what_is_not_torchscript(tmp_path):
             TorchScriptExtractor(path, "video")
     with pytest.raises(ValueError, match="modality"):
         TorchScriptExtractor(pickled, "text")
+
+
+def test_evaluate_scores_each_set_on_the_users_networks(tmp_path, world):
+    """``mmdisco.eval.sets.network_frechet``, what `evaluate` runs with eval.audio_features /
+    eval.video_features: each set against a real subset of its own size, the floor in `real`."""
+    from mmdisco.eval.sets import network_frechet
+
+    sets, _, _ = world
+    torch.manual_seed(0)
+    audio_path, video_path = tmp_path / "audio.pt", tmp_path / "video.pt"
+    torch.jit.save(torch.jit.script(_AudioNet()), str(audio_path))
+    torch.jit.save(torch.jit.trace(_VideoNet(), torch.rand(2, 8, 3, 16, 16)), str(video_path))
+    (v1, a1), (v2, a2) = sets["real1"], sets["real2"]
+    real = (np.concatenate([v1, v2]), np.concatenate([a1, a2]))
+    dark = (v2[:100] // 4, a2[:100].numpy() * 0.1)          # dim frames, quiet sound
+    out = network_frechet(real, {"same": (v1[:100], a1[:100].numpy()), "dark": dark},
+                          audio_features=str(audio_path), video_features=str(video_path),
+                          sample_rate=16000, seed=0)
+    for m in ("audio", "video"):
+        key = f"fd_{m}_net"
+        assert out["real"][key] >= 0 and out["same"][key] >= 0
+        assert out["dark"][key] > 5 * max(out["same"][key], out["real"][key])
+    only_video = network_frechet(real, {"same": (v1[:100], a1[:100].numpy())}, audio_features=None,
+                                 video_features=str(video_path), sample_rate=16000, seed=0)
+    assert set(only_video["same"]) == {"fd_video_net"}
+    assert network_frechet(real, {}, audio_features=None, video_features=None, sample_rate=16000,
+                           seed=0) == {"real": {}}
