@@ -10,7 +10,6 @@ gathers nothing).
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from pathlib import Path

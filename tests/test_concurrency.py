@@ -15,7 +15,7 @@ import pytest
 
 from mmdisco import tracking
 from mmdisco.testing import make_project, run
-from test_pipeline import SMALL
+from support.pipeline import SMALL
 
 # one stage's worth of tracking, like a real stage: params, metrics over steps, summary
 WORKER = """

@@ -26,7 +26,7 @@ import pytest
 
 from mmdisco.testing import make_project, run
 from stage_driver import stage_commands
-from test_pipeline import SMALL
+from support.pipeline import SMALL
 
 BIN = Path(sys.executable).parent
 FOLDERS = ("data", "models", "metrics", "plots")

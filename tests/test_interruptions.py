@@ -38,7 +38,7 @@ import torch
 from mmdisco import io
 from mmdisco.testing import ROOT, set_params
 from stage_driver import stage_commands
-from test_pipeline import SMALL
+from support.pipeline import SMALL
 
 SEED = int(os.environ.get("MMDISCO_KILL_SEED", "0"))
 BIN = Path(sys.executable).parent

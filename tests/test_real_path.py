@@ -2,7 +2,7 @@
 folder of captioned media files, AudioLDM- and AnimateDiff-layout bases and encoders.
 
 The pretrained components are tiny random models built from configs and saved locally in the
-hub's folder layout (``tests/test_pretrained.py`` builds them); every stage loads them through
+hub's folder layout (``tests/support/tiny_pretrained.py`` builds them); every stage loads them through
 the same from-path code that loads the real weights. Nothing is downloaded
 (``HF_HUB_OFFLINE=1``)."""
 from __future__ import annotations
@@ -19,8 +19,8 @@ from mmdisco.data.media import write_av
 from mmdisco.guidance.conditional import ConditionalDiscriminator
 from mmdisco.guidance.store import load_discriminator
 from mmdisco.testing import make_project, run
-from test_pipeline import STAGES, ran
-from test_pretrained import animatediff_components, audioldm_components, save_components
+from support.pipeline import STAGES, ran
+from support.tiny_pretrained import animatediff_components, audioldm_components, save_components
 
 FPS, SIZE, RATE = 25, 16, 8000      # clips of 0.64 s: 16 frames of 16×16 and 5120 samples
 COLOURS = {"red": (230, 40, 40), "green": (40, 220, 60), "blue": (50, 60, 230),
