@@ -346,9 +346,14 @@ class FakesConfig:
     """The fake-pair bank: each base samples alone, pairs are formed at random."""
 
     num_pairs: int = _opt(1024, lo=2, doc="fake pairs in the bank")
-    steps: int = _opt(25, lo=1, hi=1000, doc="DDIM steps per sample")
-    eta: float = _opt(1.0, lo=0.0, hi=1.0, doc="DDIM stochasticity (match sample.eta)")
+    steps: int = _opt(25, lo=1, hi=1000, doc="sampler steps per sample (match sample.steps)")
+    kind: str = _opt("ddim", choices=("ddim", "ddpm"), doc="sampler (match sample.kind)")
+    eta: float = _opt(1.0, lo=0.0, hi=1.0, doc="DDIM stochasticity (match sample.eta); 0 for ddpm")
     batch_size: int = _opt(256, lo=1)
+
+    def validate(self, key: str) -> None:
+        if self.kind == "ddpm" and self.eta != 0:
+            raise ConfigError(f"{key}.eta is DDIM's; set it to 0 with {key}.kind: ddpm")
 
 
 @dataclass(frozen=True)
@@ -449,6 +454,10 @@ class SampleConfig:
     media: int = _opt(8, lo=0, doc="pairs per set written as mp4 with sound")
     prompts: tuple[str, ...] = _opt((), doc="condition: caption: prompts, cycled over the "
                                             "samples; empty = captions of held-out clips")
+
+    def validate(self, key: str) -> None:
+        if self.kind == "ddpm" and self.eta != 0:
+            raise ConfigError(f"{key}.eta is DDIM's; set it to 0 with {key}.kind: ddpm")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Stage `sample_fakes`: the bank of fake pairs the discriminator learns to reject.
 
-Each base model samples alone (DDIM, `fakes.steps`, `fakes.eta`: the same sampler as
-`sample`, so the discriminator sees the fakes it will correct); audio and video are then paired by a
+Each base model samples alone (`fakes.kind`, `fakes.steps`, `fakes.eta`: keep them equal to
+`sample.*`, so that the discriminator sees the fakes it will correct); audio and video are then paired by a
 random permutation, so a fake pair is a draw from the product of the two bases' marginals.
 
 Seeds are per item (``mmdisco.guidance.sampler.item_seeds``): fake ``i`` comes from its own
@@ -36,7 +36,7 @@ from stages.common import Timer, load, params_option, stage_seed, user_errors
 
 def sample_bank(base, n: int, steps: int, batch_size: int, seed: int, label: str,
                 eta: float = 0.0, cond: torch.Tensor | None = None,
-                device: str | torch.device = "cpu") -> torch.Tensor:
+                device: str | torch.device = "cpu", kind: str = "ddim") -> torch.Tensor:
     """``n`` independent samples, item ``i`` from ``item_seeds(seed, n)[i]`` (and prompted
     with ``cond[i]`` when given); this process samples its share of the batches, and every
     process gets all ``n`` in item order."""
@@ -46,7 +46,7 @@ def sample_bank(base, n: int, steps: int, batch_size: int, seed: int, label: str
 
     def batch(lo: int, hi: int):
         x, _ = sample_single(base, num_samples=hi - lo, steps=steps, item_seeds=seeds[lo:hi],
-                             kind="ddim", eta=eta, device=device,
+                             kind=kind, eta=eta, device=device,
                              cond=None if cond is None else cond[lo:hi])
         bar.update()
         return (x.cpu(),), None
@@ -57,25 +57,25 @@ def sample_bank(base, n: int, steps: int, batch_size: int, seed: int, label: str
 
 
 def fake_bank(base_a, base_v, *, num_pairs: int, steps: int, batch_size: int, eta: float,
-              seed: int, table=None, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+              seed: int, table=None, device: str | torch.device = "cpu", kind: str = "ddim") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(audio, video, prompt)``: independent samples of each base. Unconditional
     (``table=None``): video paired by a permutation drawn from ``seed`` (the same with any number
     of processes), ``prompt`` None. Conditional: pair ``i`` prompted with the caption of a clip
     drawn from ``seed``, ``prompt[i]`` its index in ``table.prompts``."""
     if table is None:
         audio = sample_bank(base_a, num_pairs, steps, batch_size, seed, "audio", eta,
-                            device=device)
+                            device=device, kind=kind)
         video = sample_bank(base_v, num_pairs, steps, batch_size, seed, "video", eta,
-                            device=device)
+                            device=device, kind=kind)
         pairing = torch.randperm(num_pairs, generator=torch.Generator().manual_seed(seed))
         return audio, video[pairing], None
     clips = torch.randint(len(table.clip_prompt), (num_pairs,),
                           generator=torch.Generator().manual_seed(seed))
     prompt = table.clip_prompt[clips]
     audio = sample_bank(base_a, num_pairs, steps, batch_size, seed, "audio", eta,
-                        cond=table.embeddings("audio", prompt), device=device)
+                        cond=table.embeddings("audio", prompt), device=device, kind=kind)
     video = sample_bank(base_v, num_pairs, steps, batch_size, seed, "video", eta,
-                        cond=table.embeddings("video", prompt), device=device)
+                        cond=table.embeddings("video", prompt), device=device, kind=kind)
     return audio, video, prompt
 
 
@@ -101,13 +101,15 @@ def main(params_path: Path, audio_base: Path, video_base: Path, latents_dir: Pat
     seed = stage_seed(params.seed, "sample_fakes")
     audio, video, prompt = fake_bank(base_a, base_v, num_pairs=cfg.num_pairs, steps=cfg.steps,
                                      batch_size=cfg.batch_size, eta=cfg.eta, seed=seed,
-                                     table=table, device=dist.device(params.device))
+                                     table=table, device=dist.device(params.device),
+                                     kind=cfg.kind)
     if dist.is_main():
         with atomic_path(out) as tmp:
             tmp.mkdir()
             save_tensors(tmp / "audio.safetensors", {"latents": audio})
             save_tensors(tmp / "video.safetensors", {"latents": video})
-            bank = {"num_pairs": cfg.num_pairs, "steps": cfg.steps, "eta": cfg.eta, "seed": seed,
+            bank = {"num_pairs": cfg.num_pairs, "kind": cfg.kind, "steps": cfg.steps,
+                    "eta": cfg.eta, "seed": seed,
                     "seeding": "per-item", "condition": params.condition}
             if prompt is not None:
                 save_tensors(tmp / "prompt.safetensors", {"prompt": prompt})

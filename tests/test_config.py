@@ -64,3 +64,12 @@ def test_flatten_for_mlflow():
     flat = flatten(to_dict(Params()))
     assert flat["data.synth.num_classes"] == 4
     assert flat["encoders.audio.kind"] == "logmel"
+
+
+@pytest.mark.parametrize("section", ["fakes", "sample"])
+def test_ddpm_with_a_ddim_eta_fails_at_load_not_after_training(section):
+    root = Path(__file__).resolve().parents[1]
+    with pytest.raises(ConfigError, match=f"{section}.eta is DDIM's; set it to 0 with {section}.kind: ddpm"):
+        load_params(root / "params.yaml", {f"{section}.kind": "ddpm"})
+    assert getattr(load_params(root / "params.yaml", {f"{section}.kind": "ddpm",
+                                                     f"{section}.eta": 0.0}), section).kind == "ddpm"
