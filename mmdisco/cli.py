@@ -1,4 +1,5 @@
-"""The `mmdisco` command: one subcommand per pipeline stage (what `dvc.yaml` runs)."""
+"""The `mmdisco` command: one subcommand per pipeline stage (what `dvc.yaml` runs), and the
+tools around it (`av-align`, `report`, `download`)."""
 from __future__ import annotations
 
 import importlib
@@ -13,7 +14,7 @@ COMMANDS = {
     "sample-fakes": "stages.sample_fakes", "train-discriminator": "stages.train_discriminator",
     "train-critic": "stages.train_critic", "sample": "stages.sample",
     "evaluate": "stages.evaluate", "av-align": "mmdisco.eval.av_align",
-    "report": "mmdisco.eval.report",
+    "report": "mmdisco.eval.report", "download": "mmdisco.data.download",
 }
 
 

@@ -235,7 +235,11 @@ def test_vggsound_needs_yt_dlp(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(dl.MissingDependency, match=r"pip install 'mmdisco\[vggsound\]'"):
         dl.fetch_vggsound(tmp_path / "v.csv", tmp_path / "out", progress=False)
-    assert dl.main(["vggsound", "--csv", str(tmp_path / "v.csv"), "--out", str(tmp_path / "o")]) == 1
+    from click.testing import CliRunner
+    from mmdisco.cli import main as mmdisco
+    got = CliRunner().invoke(mmdisco, ["download", "vggsound", "--csv", str(tmp_path / "v.csv"),
+                                       "--out", str(tmp_path / "o")])
+    assert got.exit_code == 1 and "pip install 'mmdisco[vggsound]'" in got.output
 
 
 def test_vggsound_with_a_stand_in_yt_dlp(tmp_path):
@@ -270,3 +274,17 @@ def test_captions_csv_round_trips_labels_with_commas_and_quotes(tmp_path):
     captions = {"a.mp4": "playing tennis, indoor", "sub/b.mp4": 'a "quoted" label', "c.mp4": ""}
     dl.write_captions(tmp_path / "captions.csv", captions)
     assert read_captions(tmp_path / "captions.csv", tmp_path) == captions
+
+
+def test_download_is_an_mmdisco_subcommand_with_one_line_errors(tmp_path):
+    from click.testing import CliRunner
+    from mmdisco.cli import main as mmdisco
+    runner = CliRunner()
+    got = runner.invoke(mmdisco, ["download", "info"])
+    assert got.exit_code == 0 and got.output.startswith("landscape:") and "vggsound:" in got.output
+    assert set(runner.invoke(mmdisco, ["download", "--help"]).output.split()) >= {
+        "info", "fetch", "aist-manifest", "vggsound"}
+    bad = tmp_path / "m.json"
+    bad.write_text('{"dataset": "x", "files": [{"name": "a.zip", "url": "ftp://h/a.zip"}]}')
+    got = runner.invoke(mmdisco, ["download", "fetch", str(bad), "--out", str(tmp_path / "o")])
+    assert got.exit_code == 1 and got.output.startswith("Error: ") and "Traceback" not in got.output

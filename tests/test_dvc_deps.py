@@ -88,8 +88,10 @@ def closure(entry: str) -> set[str]:
 
 
 def command_name(decorator: ast.expr, function: ast.FunctionDef) -> str | None:
-    """The name `@click.command(...)` gives `function` (click's own default), else None."""
-    if not (isinstance(decorator, ast.Call) and ast.unparse(decorator.func) == "click.command"):
+    """The name `@click.command(...)` or `@click.group(...)` gives `function` (click's own
+    default), else None."""
+    if not (isinstance(decorator, ast.Call)
+            and ast.unparse(decorator.func) in ("click.command", "click.group")):
         return None
     given = decorator.args[:1] + [k.value for k in decorator.keywords if k.arg == "name"]
     if given:

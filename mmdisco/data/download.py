@@ -32,7 +32,6 @@ members checked so that no path leaves the folder, symlinks refused.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import hashlib
@@ -45,7 +44,6 @@ import shutil
 import socket
 import stat
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -54,6 +52,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 from typing import Callable, Iterable
+
+import click
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ def read_manifest(path: str | Path) -> tuple[str, list[ManifestFile]]:
             raise ValueError(f"{path}: files[{i}].name must be a plain file name, got {name!r}")
         if not url or not str(url).startswith(("http://", "https://", "file://")):
             raise ValueError(f"{path}: files[{i}].url must be an http(s):// or file:// URL, got "
-                             f"{url!r} (see `python -m mmdisco.data.download info`)")
+                             f"{url!r} (see `mmdisco download info`)")
         unpack = f.get("unpack", name.lower().endswith(ARCHIVE_SUFFIXES))
         files.append(ManifestFile(name, str(url), f.get("sha256"), bool(unpack)))
     return str(raw.get("dataset", "")), files
@@ -439,51 +439,80 @@ def fetch_vggsound(csv_path: str | Path, out: str | Path, *, split: str | None =
 
 
 # --------------------------------------------------------------------------- command line
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmdisco.data.download", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("info", help="where each dataset is published")
-    p = sub.add_parser("fetch", help="download, verify and unpack the files of a manifest")
-    p.add_argument("manifest")
-    p.add_argument("--out", required=True)
-    p.add_argument("--record-checksums", action="store_true",
-                   help="accept entries without sha256 and record their digests (check them!)")
-    p = sub.add_parser("aist-manifest", help="a manifest of raw AIST++ videos from a video list")
-    p.add_argument("video_list", help="a local copy of " + AIST_VIDEO_LIST)
-    p.add_argument("--out", required=True)
-    p = sub.add_parser("vggsound", help="cut VGGSound clips from YouTube with yt-dlp")
-    p.add_argument("--csv", required=True, help="a local copy of " + VGGSOUND_CSV)
-    p.add_argument("--csv-url", default=None, help="fetch the CSV from here first (with --csv-sha256)")
-    p.add_argument("--csv-sha256", default=None)
-    p.add_argument("--out", required=True)
-    p.add_argument("--split", default="test", help="train | test | all")
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--label", action="append", default=None, help="keep only this label (repeat)")
-    args = parser.parse_args(argv)
+_ERRORS = (DownloadError, UnsafeArchiveError, MissingDependency, ValueError, OSError)
+
+
+def _user_errors(fn):
+    """Expected failures (a bad checksum, a missing tool, an unreadable file) as one line."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except _ERRORS as e:
+            raise click.ClickException(str(e)) from e
+    return wrapper
+
+
+@click.group("download")
+def main() -> None:
+    """Download, verify and unpack the datasets of the real setting (VGGSound, Landscape,
+    AIST++) into a folder for data.source: folder."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        if args.cmd == "info":
-            for name, text in SOURCES.items():
-                print(f"{name}: {text}")
-        elif args.cmd == "fetch":
-            report = fetch_manifest(args.manifest, args.out, allow_unverified=args.record_checksums)
-            print(f"fetched {len(report['files'])} files -> {args.out}")
-        elif args.cmd == "aist-manifest":
-            names = Path(args.video_list).read_text().splitlines()
-            Path(args.out).write_text(json.dumps(aist_manifest(names), indent=1) + "\n")
-            print(f"{args.out}: {len(names)} videos; fill in sha256 (or fetch with --record-checksums)")
-        else:
-            if args.csv_url:
-                download(args.csv_url, args.csv, args.csv_sha256)
-            report = fetch_vggsound(args.csv, args.out, split=None if args.split == "all" else args.split,
-                                    labels=args.label, limit=args.limit)
-            print(f"vggsound: {report['fetched']} of {report['requested']} clips "
-                  f"({report['failed']} failed, see failed.json) -> {args.out}")
-    except (DownloadError, UnsafeArchiveError, MissingDependency, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+
+
+@main.command("info")
+def info() -> None:
+    """Where each dataset is published."""
+    for name, text in SOURCES.items():
+        click.echo(f"{name}: {text}")
+
+
+@main.command("fetch")
+@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--record-checksums", is_flag=True,
+              help="accept entries without sha256 and record their digests (check them!)")
+@_user_errors
+def fetch(manifest: Path, out: Path, record_checksums: bool) -> None:
+    """Download, verify and unpack the files of a manifest."""
+    report = fetch_manifest(manifest, out, allow_unverified=record_checksums)
+    click.echo(f"fetched {len(report['files'])} files -> {out}")
+
+
+@main.command("aist-manifest")
+@click.argument("video_list", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@_user_errors
+def aist(video_list: Path, out: Path) -> None:
+    """A manifest of raw AIST++ videos from a local copy of AIST's video list."""
+    names = video_list.read_text().splitlines()
+    out.write_text(json.dumps(aist_manifest(names), indent=1) + "\n")
+    click.echo(f"{out}: {len(names)} videos; fill in sha256 (or fetch with --record-checksums)")
+
+
+@main.command("vggsound")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="a local copy of " + VGGSOUND_CSV)
+@click.option("--csv-url", default=None, help="fetch the CSV from here first (with --csv-sha256)")
+@click.option("--csv-sha256", default=None)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--split", type=click.Choice(["train", "test", "all"]), default="test",
+              show_default=True)
+@click.option("--limit", type=int, default=None)
+@click.option("--label", "labels", multiple=True, help="keep only this label (repeat)")
+@_user_errors
+def vggsound(csv_path: Path, csv_url: str | None, csv_sha256: str | None, out: Path, split: str,
+             limit: int | None, labels: tuple[str, ...]) -> None:
+    """Cut VGGSound clips from YouTube with yt-dlp; writes labels.json and captions.csv."""
+    if csv_url:
+        download(csv_url, csv_path, csv_sha256)
+    report = fetch_vggsound(csv_path, out, split=None if split == "all" else split,
+                            labels=list(labels) or None, limit=limit)
+    click.echo(f"vggsound: {report['fetched']} of {report['requested']} clips "
+               f"({report['failed']} failed, see failed.json) -> {out}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
