@@ -11,15 +11,7 @@ from mmdisco import distributed as dist
 from mmdisco import tracking
 from mmdisco.guidance.store import save_discriminator
 from mmdisco.io import atomic_path, remove_tree, write_json
-from stages.train_base import write_curve
-
-
-def curve_logger(curve: list[dict]):
-    """A ``log(step, stats)`` callback that keeps the curve and sends the stats to MLflow."""
-    def log(step: int, stats: dict) -> None:
-        curve.append({"step": step, **{k: round(float(v), 6) for k, v in stats.items()}})
-        tracking.log_metrics(stats, step=step)
-    return log
+from stages.curves import write_curve
 
 
 def summarise(summary: dict, run, base_a, base_v) -> None:

@@ -16,14 +16,7 @@ from mmdisco.config import to_dict
 from mmdisco.devices import resolve_device
 from mmdisco.io import atomic_path, load_tensors, remove_tree, write_json
 from stages.common import load, params_option, stage_seed, user_errors
-
-
-def write_curve(path: Path, rows: list[dict]) -> None:
-    """A CSV that `dvc plots` draws (step on x)."""
-    keys = list(dict.fromkeys(k for r in rows for k in r)) or ["step"]
-    lines = [",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in rows]
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+from stages.curves import curve_logger, write_curve
 
 
 @click.command("train-base")
@@ -59,10 +52,7 @@ def main(params_path: Path, modality: str, latents_dir: Path, out: Path, checkpo
     with tracking.stage_run(f"train_base_{modality}", {"seed": params.seed, "condition":
                                                        params.condition,
                                                        f"base.{modality}": to_dict(cfg)}) as run:
-        def log(step: int, stats: dict) -> None:
-            curve.append({"step": step, **{k: round(float(v), 6) for k, v in stats.items()}})
-            tracking.log_metrics(stats, step=step)
-
+        log = curve_logger(curve)
         summary = train_base(latents, cfg, work, seed=stage_seed(params.seed, f"base_{modality}"),
                              log=log, cond=cond, uncond=uncond,
                              device=resolve_device(params.device))

@@ -19,7 +19,8 @@ from mmdisco.config import to_dict
 from mmdisco.guidance.critic import Critic, train_critic
 from mmdisco.io import load_tensors
 from stages.common import load, params_option, stage_seed, user_errors
-from stages.guides import curve_logger, save_guide, summarise
+from stages.curves import curve_logger
+from stages.guides import save_guide, summarise
 
 
 @click.command("train-critic")

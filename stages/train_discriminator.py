@@ -21,7 +21,8 @@ from mmdisco.guidance.train import Conditions, train_discriminator
 from mmdisco.io import load_tensors
 from stages.bases import load_bases
 from stages.common import load, params_option, stage_seed, user_errors
-from stages.guides import curve_logger, save_guide, summarise
+from stages.curves import curve_logger
+from stages.guides import save_guide, summarise
 
 
 @click.command("train-discriminator")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmdisco.bases.protocol import BaseModel, check_pair
-from mmdisco.bases.tiny import TinyBase, TinyBaseConfig, read_meta
+from mmdisco.bases.protocol import BaseModel, check_pair, read_meta
+from mmdisco.bases.tiny import TinyBase, TinyBaseConfig
 
 
 def _pretrained(kind: str):

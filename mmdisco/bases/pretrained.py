@@ -30,7 +30,6 @@ source, the latent shape and the options) and no weights: ``mmdisco.bases.load_b
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +37,10 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from einops import rearrange
 
-from mmdisco.bases.protocol import sigma, sqrt_alpha_bar
+from mmdisco.bases.protocol import CONFIG_FILE, check_input, scheduler_class, sigma, sqrt_alpha_bar
 from mmdisco.devices import dtype_name, resolve_device, resolve_dtype  # noqa: F401 (re-exported)
 from mmdisco.io import write_json
 
-SCHEDULERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
-CONFIG_FILE = "base.json"
 OFFLOAD = ("none", "model", "sequential")
 SPACINGS = ("trailing", "leading", "linspace")
 
@@ -136,15 +133,13 @@ class PretrainedBase(torch.nn.Module):
 
     def make_scheduler(self, kind: str):
         """A fresh diffusers scheduler with this model's betas, stepping on ε, never clipping."""
-        if kind not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler kind {kind!r}; choose one of {', '.join(SCHEDULERS)}")
-        return SCHEDULERS[kind].from_config(self.scheduler_config, prediction_type="epsilon",
+        return scheduler_class(kind).from_config(self.scheduler_config, prediction_type="epsilon",
                                             clip_sample=False, thresholding=False,
                                             timestep_spacing=self.timestep_spacing)
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """ε with the base's own classifier-free guidance (see the module docstring)."""
-        self._check_input(x_t, t)
+        check_input(self, x_t, t)
         n = x_t.shape[0]
         x = self._to_unet(x_t.to(self.device_, self.dtype_))
         tt = t.to(self.device_).long()
@@ -218,13 +213,6 @@ class PretrainedBase(torch.nn.Module):
             raise ValueError(f"{self.kind} base expects prompt embeddings [N, "
                              f"{', '.join(map(str, want))}] (encode_prompt); got {list(cond.shape)}")
         return cond.to(self.device_, self.dtype_)
-
-    def _check_input(self, x_t: torch.Tensor, t: torch.Tensor) -> None:
-        if tuple(x_t.shape[1:]) != self.latent_shape:
-            raise ValueError(f"{self.modality} base expects latents of shape [N, "
-                             f"{', '.join(map(str, self.latent_shape))}], got {list(x_t.shape)}")
-        if t.ndim != 1 or t.shape[0] != x_t.shape[0]:
-            raise ValueError(f"t must have shape [N] = [{x_t.shape[0]}], got {list(t.shape)}")
 
     # ------------------------------------------------------------------ per model
     def _check_latent_shape(self) -> None: ...
@@ -489,7 +477,3 @@ def prepare_pretrained_base(latents: torch.Tensor, cfg, folder: str | Path) -> d
     write_json(Path(folder) / CONFIG_FILE, meta)
     return {"steps": 0, "final_loss": float("nan"), "num_parameters": base.num_parameters(),
             "wall_s": time.perf_counter() - start, "resumed_from": 0, "kind": cfg.kind}
-
-
-def read_meta(path: str | Path) -> dict:
-    return json.loads((Path(path) / CONFIG_FILE).read_text())

@@ -7,9 +7,14 @@ network predicts inside (ε, v or x_0), ``eps`` returns ε.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
+
+CONFIG_FILE = "base.json"      # what a saved base folder holds besides its weights
+SCHEDULERS = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler"}   # sampler kind -> diffusers class
 
 
 @runtime_checkable
@@ -47,6 +52,33 @@ def sqrt_alpha_bar(alphas_cumprod: torch.Tensor, t: torch.Tensor, like: torch.Te
     """``sqrt(ᾱ_t)`` gathered per sample and shaped to broadcast against ``like``."""
     s = alphas_cumprod.to(like.device)[t.long()].sqrt().to(like.dtype)
     return s.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def scheduler_class(kind: str):
+    """The diffusers scheduler class of a sampler kind ("ddim" or "ddpm")."""
+    if kind not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler kind {kind!r}; choose one of {', '.join(SCHEDULERS)}")
+    import diffusers   # here, not at import: the protocol itself needs no diffusers
+
+    return getattr(diffusers, SCHEDULERS[kind])
+
+
+def check_input(base: BaseModel, x_t: torch.Tensor, t: torch.Tensor) -> None:
+    """Refuse latents of another shape than the base's, or timesteps that are not ``[N]``."""
+    if tuple(x_t.shape[1:]) != tuple(base.latent_shape):
+        raise ValueError(f"{base.modality} base expects latents of shape [N, "
+                         f"{', '.join(map(str, base.latent_shape))}], got {list(x_t.shape)}")
+    if t.ndim != 1 or t.shape[0] != x_t.shape[0]:
+        raise ValueError(f"t must have shape [N] = [{x_t.shape[0]}], got {list(t.shape)}")
+
+
+def read_meta(path: str | Path) -> dict:
+    """The ``base.json`` of a saved base model folder."""
+    f = Path(path) / CONFIG_FILE
+    if not f.is_file():
+        raise FileNotFoundError(f"{f} is missing: '{path}' is not a saved base model folder; "
+                                f"train it first (`dvc repro train_base_audio train_base_video`)")
+    return json.loads(f.read_text())
 
 
 def check_pair(audio: BaseModel, video: BaseModel) -> None:

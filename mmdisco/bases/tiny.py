@@ -15,22 +15,20 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, UNet1DModel, UNet2DModel
+from diffusers import UNet1DModel, UNet2DModel
 from einops import rearrange
 
-from mmdisco.bases.protocol import sigma, sqrt_alpha_bar
+from mmdisco.bases.protocol import (CONFIG_FILE, check_input, scheduler_class, sigma,
+                                    sqrt_alpha_bar)
 from mmdisco.config import ConfigError, TinyBaseConfig, _check_range, to_dict
 from mmdisco.io import atomic_path, write_json
 
 KIND = "tiny"
-CONFIG_FILE = "base.json"
 UNET_DIR = "unet"
-SCHEDULERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
 
 
 def check_config(cfg, key: str = "model"):
@@ -141,9 +139,7 @@ def make_scheduler(cfg: TinyBaseConfig, kind: str):
 
     It never clips: ``TinyBase.eps`` applies ``clip_sample`` to its own x̂_0, so that the ε the
     sampler (and any guidance added to it) hands over is used as is."""
-    if kind not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler kind {kind!r}; choose one of {', '.join(SCHEDULERS)}")
-    return SCHEDULERS[kind](
+    return scheduler_class(kind)(
         num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
         prediction_type="epsilon", clip_sample=False,  # TinyBase.eps clips x̂_0 itself
         timestep_spacing="trailing")
@@ -298,7 +294,7 @@ class TinyBase(torch.nn.Module):
                 cond: torch.Tensor | None = None) -> torch.Tensor:
         """The raw network output (per ``cfg.prediction_type``) in the latent layout; a
         conditional base needs ``cond`` (prompt embeddings, ``[N, cond_dim]``)."""
-        self._check_input(x_t, t)
+        check_input(self, x_t, t)
         if self.cond_dim and cond is None:
             raise ValueError("a conditional base's forward needs cond (the empty prompt's "
                              "embedding for unconditional rows)")
@@ -310,13 +306,6 @@ class TinyBase(torch.nn.Module):
         extra = {} if not self.cond_dim else {"class_labels": cond.to(x_t.device, x_t.dtype)}
         out = self.unet(rearrange(x_t, pattern, **axes), t.to(x_t.device).long(), **extra).sample
         return rearrange(out, f"{rhs} -> {lhs}", **axes)
-
-    def _check_input(self, x_t: torch.Tensor, t: torch.Tensor) -> None:
-        if tuple(x_t.shape[1:]) != self.latent_shape:
-            raise ValueError(f"{self.modality} base expects latents of shape [N, "
-                             f"{', '.join(map(str, self.latent_shape))}], got {list(x_t.shape)}")
-        if t.ndim != 1 or t.shape[0] != x_t.shape[0]:
-            raise ValueError(f"t must have shape [N] = [{x_t.shape[0]}], got {list(t.shape)}")
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.unet.parameters())
@@ -375,12 +364,3 @@ def _weights_hash(path: Path) -> str:
     for f in files:
         h.update(f.read_bytes())
     return h.hexdigest()
-
-
-def read_meta(path: str | Path) -> dict:
-    """The ``base.json`` of a saved base model folder."""
-    f = Path(path) / CONFIG_FILE
-    if not f.is_file():
-        raise FileNotFoundError(f"{f} is missing: '{path}' is not a saved base model folder; "
-                                f"train it first (`dvc repro train_base_audio train_base_video`)")
-    return json.loads(f.read_text())
