@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,8 +21,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
-_KILL_ENV = "MMDISCO_TEST_KILL_AT"   # fault injection for the interruption tests, see _fault
-_commits: dict[str, int] = {}         # atomic writes committed by this process, by name
 _renameat2: Any = None                # libc renameat2, False where missing (see _exchange)
 
 
@@ -89,19 +86,6 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def _fault(name: str, phase: str) -> None:
-    """Test hook: ``MMDISCO_TEST_KILL_AT=NAME:PHASE[:K]`` SIGKILLs this process just before
-    (PHASE ``before``) or just after (``after``) the rename that commits its K-th atomic write
-    (default 1st) of a file or folder named NAME, so the interruption tests can land a
-    ``kill -9`` on an exact point of a stage's write sequence. Unset in normal use."""
-    spec = os.environ.get(_KILL_ENV)
-    if not spec:
-        return
-    want, when, *k = spec.split(":") + [""]
-    if want == name and when == phase and _commits[name] == int(k[0] or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 @contextlib.contextmanager
 def atomic_path(dest: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; rename it onto ``dest`` only on success.
@@ -122,8 +106,6 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
         yield target
         if not target.exists():
             raise FileNotFoundError(f"nothing was written to {target} for {dest}")
-        _commits[dest.name] = _commits.get(dest.name, 0) + 1
-        _fault(dest.name, "before")
         if dest.is_dir() and not dest.is_symlink():
             if not _exchange(target, dest):   # two renames: dest briefly missing
                 old = dest.with_name(f".{dest.name}.old")
@@ -133,7 +115,6 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
                 shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(target, dest)
-        _fault(dest.name, "after")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -58,7 +58,6 @@ def env(**extra: str) -> dict:
     e = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
          "OMP_NUM_THREADS": "1", "MMDISCO_THREADS": "1"}
     e.pop("MLFLOW_TRACKING_URI", None)
-    e.pop(io._KILL_ENV, None)
     e.update(extra)
     return e
 
@@ -123,11 +122,16 @@ def absent_or_complete(ref: Path, proj: Path, rel: str) -> bool:
     return True
 
 
-def start(proj: Path, stage: str, **extra_env: str) -> tuple[subprocess.Popen, Path]:
+KILL_AT = ROOT / "tests" / "support" / "kill_at.py"   # SIGKILL at one write point
+
+
+def start(proj: Path, stage: str, kill_at: str | None = None) -> tuple[subprocess.Popen, Path]:
     log = proj / f"{stage}.{time.monotonic_ns()}.log"
+    cmd = [str(BIN / "mmdisco")] if kill_at is None else \
+        [sys.executable, str(KILL_AT), kill_at, "-m", "mmdisco.cli"]
     with open(log, "w") as f:
-        proc = subprocess.Popen([str(BIN / "mmdisco"), *stage_commands(proj)[stage]], cwd=proj,
-                                env=env(DVC_ROOT=str(proj), DVC_STAGE=stage, **extra_env),
+        proc = subprocess.Popen([*cmd, *stage_commands(proj)[stage]], cwd=proj,
+                                env=env(DVC_ROOT=str(proj), DVC_STAGE=stage),
                                 stdout=f, stderr=subprocess.STDOUT)
     return proc, log
 
@@ -193,8 +197,8 @@ def kill_when(proj: Path, stage: str, event, timeout: float = 300) -> None:
 
 
 def kill_at(proj: Path, stage: str, spec: str) -> None:
-    """Run ``stage`` until it SIGKILLs itself at write point ``spec`` (``mmdisco.io._fault``)."""
-    proc, log = start(proj, stage, **{io._KILL_ENV: spec})
+    """Run ``stage`` until it SIGKILLs itself at write point ``spec`` (``support/kill_at.py``)."""
+    proc, log = start(proj, stage, kill_at=spec)
     seen: set[int] = set()
     while proc.poll() is None:
         seen |= descendants(proc.pid)
@@ -382,8 +386,8 @@ def test_the_kill_hook_stops_at_the_named_write(tmp_path):
     code = ("from mmdisco.io import write_text\n"
             "for i in range(3):\n    write_text('a.txt', str(i))\n")
     for spec, left in (("a.txt:before:2", "0"), ("a.txt:after:2", "1"), ("a.txt:after", "0")):
-        proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path,
-                              env=env(**{io._KILL_ENV: spec}))
+        proc = subprocess.run([sys.executable, str(KILL_AT), spec, "-c", code], cwd=tmp_path,
+                              env=env())
         assert proc.returncode == -signal.SIGKILL, spec
         assert (tmp_path / "a.txt").read_text() == left, spec
     # what the kills left beside a.txt goes with the next write
