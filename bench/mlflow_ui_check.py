@@ -15,7 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from mmdisco import uicheck
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support import uicheck  # noqa: E402  (test tooling, outside the package)
 
 
 def main(argv: list[str] | None = None) -> int:

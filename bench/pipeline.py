@@ -9,6 +9,7 @@ measures, it does not judge.
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import re
 import tempfile
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from mmdisco.testing import make_project, run
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support.project import make_project, run  # noqa: E402  (test tooling, outside the package)
 
 
 

@@ -183,18 +183,6 @@ def map_batches(fn, n_items: int, batch_size: int) -> tuple[list[torch.Tensor], 
     return merged, infos
 
 
-def all_mean(values: dict[str, float]) -> dict[str, float]:
-    """Each value averaged over the ranks (the identity in one process)."""
-    if world_size() == 1 or not values:
-        return values
-    from accelerate.utils import reduce
-
-    keys = list(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=state().device)
-    t = reduce(t, reduction="mean").cpu()
-    return {k: float(v) for k, v in zip(keys, t)}
-
-
 def accelerator(**kwargs):
     """An ``accelerate.Accelerator`` when launched with several processes, else ``None`` (the
     trainers then run exactly their one-process code, with nothing wrapped)."""

@@ -11,7 +11,7 @@ import torch
 # oversubscription that makes OpenMP spin when other processes share the two cores.
 torch.set_num_threads(1)
 
-from mmdisco.testing import make_project
+from support.project import make_project
 
 
 @pytest.fixture

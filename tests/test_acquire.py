@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from mmdisco.data.clips import REJECT_REASONS
 from mmdisco.data.media import write_av
-from mmdisco.testing import ROOT, set_params
+from support.project import ROOT, set_params
 from stages.acquire import SKIP_REASONS
 
 CLIP = {"seconds": 1.0, "hop_seconds": 1.0, "fps": 8, "size": 16, "sample_rate": 16000,

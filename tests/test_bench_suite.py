@@ -17,7 +17,7 @@ from mmdisco.data.media import write_av
 from mmdisco.guidance.critic import Critic
 from mmdisco.guidance.discriminator import Discriminator
 from mmdisco.guidance.store import save_discriminator
-from mmdisco.testing import ROOT
+from support.project import ROOT
 
 AUDIO, VIDEO = (1, 8, 8), (2, 3, 8, 8)
 BASE_CFG = TinyBaseConfig(channels=(8, 16), patch=2, norm_groups=4, attn_head_dim=8,

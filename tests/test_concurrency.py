@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mmdisco import tracking
-from mmdisco.testing import make_project, run
+from support.project import make_project, run
 from support.pipeline import SMALL
 
 # one stage's worth of tracking, like a real stage: params, metrics over steps, summary

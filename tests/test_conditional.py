@@ -19,7 +19,7 @@ from mmdisco.eval.decoders import AudioReading, VideoReading
 from mmdisco.eval.metrics import pair_metrics
 from mmdisco.io import save_tensors, write_json
 from mmdisco.prompts import TEXT_INDEX, PromptTable, text_file
-from mmdisco.testing import ROOT
+from support.project import ROOT
 
 
 # --------------------------------------------------------------------------- text encoder

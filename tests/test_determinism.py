@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from mmdisco.testing import make_project, run
+from support.project import make_project, run
 from stage_driver import stage_commands
 from support.pipeline import SMALL
 

@@ -6,8 +6,8 @@ import torch
 from diffusers import DDPMScheduler
 from torch import nn
 
-from mmdisco.guidance.discriminator import (Discriminator, VectorDiscriminator, input_gradients,
-                                            residuals)
+from mmdisco.guidance.discriminator import Discriminator, input_gradients, residuals
+from support.gaussian import VectorDiscriminator
 
 AUDIO, VIDEO = (1, 8, 8), (4, 3, 8, 8)
 

@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from mmdisco import uicheck
+from support import uicheck
 
 
 @pytest.mark.skipif(not os.environ.get("CI"), reason="only CI must have every system tool")

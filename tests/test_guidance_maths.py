@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import MultivariateNormal
 
-from mmdisco.guidance.discriminator import VectorDiscriminator, input_gradients, residuals
-from mmdisco.guidance.gaussian import GaussianBase, GaussianWorld
+from mmdisco.guidance.discriminator import input_gradients, residuals
+from support.gaussian import GaussianBase, GaussianWorld, VectorDiscriminator
 from mmdisco.guidance.loss import DiscriminatorLoss, forward_noise
 from mmdisco.guidance.sampler import modality_generators, sample_joint
 

@@ -36,7 +36,7 @@ import pytest
 import torch
 
 from mmdisco import io
-from mmdisco.testing import ROOT, set_params
+from support.project import ROOT, set_params
 from stage_driver import stage_commands
 from support.pipeline import SMALL
 

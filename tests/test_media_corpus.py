@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from media_corpus import CFG, ENTRIES, LONG_NAME, build_corpus  # noqa: E402
 
 from mmdisco.data.clips import REJECT_REASONS, extract_clips, load_clips  # noqa: E402
-from mmdisco.testing import ROOT, set_params  # noqa: E402
+from support.project import ROOT, set_params  # noqa: E402
 
 FRAME_S = 1 / CFG.fps
 CLICK_TOL_S = 0.002   # the click's onset, against when the file says it plays

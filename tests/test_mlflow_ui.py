@@ -9,7 +9,7 @@ import av  # noqa: F401  (PyAV before decord, see conftest)
 import numpy as np
 import pytest
 
-from mmdisco import uicheck
+from support import uicheck
 from mmdisco.data.media import write_av
 
 CHROME = uicheck.find_chromium()

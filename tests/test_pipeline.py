@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmdisco.testing import run
+from support.project import run
 from support.pipeline import SMALL, STAGES, ran
 
 @pytest.mark.slow

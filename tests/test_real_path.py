@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from mmdisco.data.media import write_av
 from mmdisco.guidance.conditional import ConditionalDiscriminator
 from mmdisco.guidance.store import load_discriminator
-from mmdisco.testing import make_project, run
+from support.project import make_project, run
 from support.pipeline import STAGES, ran
 from support.tiny_pretrained import animatediff_components, audioldm_components, save_components
 

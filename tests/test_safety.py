@@ -17,7 +17,7 @@ from mmdisco.cli import main
 from mmdisco.config import DataConfig
 from mmdisco.data.clips import load_clips
 from mmdisco.io import child_path, save_tensors
-from mmdisco.testing import ROOT
+from support.project import ROOT
 from stages.extract_clips import manifest_files
 
 SOURCES = sorted((ROOT / "mmdisco").rglob("*.py")) + sorted((ROOT / "stages").rglob("*.py"))

@@ -244,41 +244,6 @@ class Discriminator(nn.Module):
         return logit
 
 
-class VectorDiscriminator(nn.Module):
-    """MLP joint discriminator on flat vectors (the Gaussian tests): ``[N, da] × [N, dv] → [N]``."""
-
-    def __init__(self, *, audio_dim: int, video_dim: int, hidden: int = 128, time_dim: int = 64,
-                 depth: int = 2):
-        super().__init__()
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
-        self.audio_dim, self.video_dim = int(audio_dim), int(video_dim)
-        self.config = dict(audio_dim=self.audio_dim, video_dim=self.video_dim, hidden=hidden,
-                           time_dim=time_dim, depth=depth)
-        self.time = TimeEmbedding(dim=time_dim)
-        dims = [self.audio_dim + self.video_dim] + [hidden] * depth
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims[:-1], dims[1:]))
-        self.films = nn.ModuleList(nn.Linear(time_dim, 2 * hidden) for _ in range(depth))
-        self.out = nn.Linear(hidden, 1)
-
-    def forward(self, a_t: torch.Tensor, v_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``logit D [N]`` from flattened inputs."""
-        a, v = a_t.flatten(1), v_t.flatten(1)
-        if a.shape[1] != self.audio_dim or v.shape[1] != self.video_dim:
-            raise ValueError(f"inputs flatten to {a.shape[1]} (audio) and {v.shape[1]} (video) "
-                             f"features; this discriminator was built for {self.audio_dim} and "
-                             f"{self.video_dim}")
-        if a.shape[0] != v.shape[0] or t.shape != (a.shape[0],):
-            raise ValueError(f"batch sizes disagree: audio {a.shape[0]}, video {v.shape[0]}, "
-                             f"t {tuple(t.shape)}")
-        temb = self.time(t)
-        h = torch.cat([a, v], dim=-1)
-        for layer, film in zip(self.layers, self.films):
-            scale, shift = film(temb).chunk(2, dim=-1)
-            h = F.silu(layer(h) * (1 + scale) + shift)
-        return self.out(h).squeeze(-1)
-
-
 # --------------------------------------------------------------------------- gradients
 def input_gradients(D: nn.Module, a_t: torch.Tensor, v_t: torch.Tensor, t: torch.Tensor, *,
                     create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
