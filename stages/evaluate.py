@@ -118,9 +118,10 @@ def add_frechet(report: dict, real: tuple[np.ndarray, np.ndarray],
         report["real"]["fd_pairs"] = n if 2 * n <= len(order) else 0
 
 
-def prompt_classes(samples_dir: Path, name: str, synth_cfg, n: int) -> np.ndarray | None:
-    """The class each of the first ``n`` pairs of a set was prompted with (``-1``: a prompt
-    that is no class caption), from its ``prompts.json``; None when unprompted."""
+def prompt_classes(samples_dir: Path, name: str, synth_cfg, keep: torch.Tensor) -> np.ndarray | None:
+    """The class each kept pair (``keep``: indices into the set) of a set was prompted with
+    (``-1``: a prompt that is no class caption), from its ``prompts.json``; None when
+    unprompted."""
     from mmdisco.data.synth import class_captions
 
     path = samples_dir / name / "prompts.json"
@@ -129,11 +130,12 @@ def prompt_classes(samples_dir: Path, name: str, synth_cfg, n: int) -> np.ndarra
     record = read_json(path)
     of_caption = {c: k for k, c in enumerate(class_captions(synth_cfg))}
     texts = [record["prompts"][j] for j in record["prompt_of"]]
-    return np.array([of_caption.get(t, -1) for t in texts], dtype=np.int64)[:n]
+    return np.array([of_caption.get(t, -1) for t in texts], dtype=np.int64)[keep.numpy()]
 
 
 def add_ground_truth(report: dict, params, sets: dict, latents: dict, mel, enc: dict, *,
-                     audio: torch.Tensor, samples_dir: Path | None, seed: int) -> None:
+                     audio: torch.Tensor, samples_dir: Path | None, seed: int,
+                     kept: dict[str, torch.Tensor]) -> None:
     """The embedded world's ground-truth metrics, world-feature Fréchet distances and tonality."""
     from mmdisco.eval.metrics import evaluate_clips
 
@@ -149,7 +151,7 @@ def add_ground_truth(report: dict, params, sets: dict, latents: dict, mel, enc: 
     decoded = {}
     for name, (a, _) in latents.items():
         decoded[name] = (sets[name][0], mel.to_db(a).numpy())
-        prompted = prompt_classes(samples_dir, name, params.data.synth, len(a)) \
+        prompted = prompt_classes(samples_dir, name, params.data.synth, kept[name]) \
             if params.condition == "caption" else None
         report[name].update(evaluate_clips(*decoded[name], shuffle=False,
                                            prompt_classes=prompted, **common))
@@ -215,12 +217,13 @@ def main(params_path: Path, clips_dir: Path, latents_dir: Path, samples_dir: Pat
     sets = {"real": (videos, waves), "shuffled": (videos[partner], waves)}
     # 2. samples: decoded exactly as the real clips were read
     latents: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    kept: dict[str, torch.Tensor] = {}     # which pairs of each set are scored
     if samples_dir is not None:
         for name in SETS:
             a = load_tensors(samples_dir / name / "audio.safetensors")["latents"]
             v = load_tensors(samples_dir / name / "video.safetensors")["latents"]
-            k = subsample(len(a), cfg.max_pairs, seed)
-            latents[name] = (a[k], v[k])
+            kept[name] = subsample(len(a), cfg.max_pairs, seed)
+            latents[name] = (a[kept[name]], v[kept[name]])
     need_waves = None if cfg.audio_features else cfg.av_align_pairs   # all, or what AV-Align reads
     for name, (a, v) in latents.items():
         with torch.no_grad():
@@ -229,7 +232,7 @@ def main(params_path: Path, clips_dir: Path, latents_dir: Path, samples_dir: Pat
     if synth:
         add_ground_truth(report, params, sets, latents, mel, enc, audio=load_tensors(
             latents_dir / "audio.safetensors")["latents"][keep], samples_dir=samples_dir,
-            seed=seed)
+            seed=seed, kept=kept)
     # 3. what reads rendered media, on every data source
     if cfg.av_align_pairs:
         import tempfile

@@ -173,9 +173,8 @@ def main(params_path: Path, which: str, latents_dir: Path, audio_base: Path, vid
         prompt_list, prompt_of = sample_prompts(table, cfg, cfg.num_samples, params.train.heldout,
                                                 stage_seed(params.seed, "train_discriminator"))
         rows = table.index(prompt_list)[torch.tensor(prompt_of)]
-        prompts = {"audio": table.embeddings("audio", rows), "video": table.embeddings("video", rows),
-                   "joint": joint_condition(table.embeddings("audio", rows),
-                                            table.embeddings("video", rows)),
+        cond_a, cond_v = table.embeddings("audio", rows), table.embeddings("video", rows)
+        prompts = {"audio": cond_a, "video": cond_v, "joint": joint_condition(cond_a, cond_v),
                    "weights": (params.cfg.audio, params.cfg.video)}
     a, v, timing = sharded_joint(base_a, base_v, D, scale_a=s_a, scale_v=s_v, critic=C,
                                  prompts=prompts, device=device,

@@ -154,3 +154,18 @@ def test_prompt_agreement_counts_invalid_readings_as_disagreeing():
     assert m["prompt_agreement_audio"] == pytest.approx(2 / 3)   # pair 1's audio reads class 0
     assert "prompt_agreement_audio" not in pair_metrics(video, audio, num_classes=3, bootstrap=20,
                                                         confidence=0.95, seed=0)
+
+
+def test_prompted_classes_follow_the_pairs_that_evaluate_keeps(tmp_path):
+    from stages.evaluate import prompt_classes, subsample
+
+    captions = class_captions(SynthConfig(num_classes=4))
+    (tmp_path / "guided").mkdir()
+    write_json(tmp_path / "guided" / "prompts.json",
+               {"prompts": [captions[2], "a prompt of no class", captions[0]],
+                "prompt_of": [0, 1, 2, 0, 1, 2, 0, 1]})
+    keep = subsample(8, 3, seed=5)                      # eval.max_pairs = 3 of 8 pairs
+    assert keep.tolist() != [0, 1, 2]                  # the kept pairs, not the first ones
+    want = np.array([2, -1, 0, 2, -1, 0, 2, -1])[keep.numpy()]
+    assert np.array_equal(prompt_classes(tmp_path, "guided", SynthConfig(), keep), want)
+    assert prompt_classes(tmp_path, "baseline", SynthConfig(), keep) is None   # unprompted

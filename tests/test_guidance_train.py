@@ -50,7 +50,9 @@ def test_negative_batches_are_of_the_asked_kind(kind):
     real_a, real_v = torch.arange(20.0)[:, None], 100 + torch.arange(20.0)[:, None]
     fake_a, fake_v = -1 - torch.arange(30.0)[:, None], -100 - torch.arange(30.0)[:, None]
     cfg = dataclasses.replace(CFG, negatives=kind)
-    a, v = negative_batch(cfg, real_a, real_v, fake_a, fake_v, 10, torch.Generator().manual_seed(0))
+    a, v, prompt = negative_batch(cfg, real_a, real_v, fake_a, fake_v, 10,
+                                  torch.Generator().manual_seed(0))
+    assert prompt is None
     is_fake = a[:, 0] < 0
     expected = {"generated": 10, "shuffled": 0, "both": 5}[kind]
     assert int(is_fake.sum()) == expected

@@ -119,16 +119,18 @@ class ConditionalDiscriminator(Discriminator):
 
 
 class BoundCondition(nn.Module):
-    """``D(a, v, t, cond=cond)`` as a plain ``forward(a, v, t)`` module (one row or one per pair)."""
+    """``D(a, v, t, cond=cond, drop=drop)`` as a plain ``forward(a, v, t)`` module (one row or
+    one per pair; ``drop``: rows given the null embedding instead, as in training)."""
 
-    def __init__(self, D: nn.Module, cond: torch.Tensor | None):
+    def __init__(self, D: nn.Module, cond: torch.Tensor | None, drop: torch.Tensor | None = None):
         super().__init__()
-        self.D, self.cond = D, cond
+        self.D, self.cond, self.drop = D, cond, drop
         self.config = {**getattr(D, "config", {}), "bound_condition": cond is not None}
 
     def forward(self, a_t: torch.Tensor, v_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         cond = None if self.cond is None else _rows(self.cond, a_t.shape[0])
-        return self.D(a_t, v_t, t, cond=cond)
+        extra = {} if self.drop is None else {"drop": self.drop}
+        return self.D(a_t, v_t, t, cond=cond, **extra)
 
 
 class CFGGuide(nn.Module):

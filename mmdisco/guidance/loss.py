@@ -43,17 +43,6 @@ class PromptRows:
         self.base_a, self.base_v = base_a, base_v
 
 
-class _Bound(nn.Module):
-    """``D(a, v, t, cond=rows, drop=mask)`` seen as ``D(a, v, t)``."""
-
-    def __init__(self, D: nn.Module, cond: torch.Tensor, drop: torch.Tensor):
-        super().__init__()
-        self.D, self.cond, self.drop = D, cond, drop
-
-    def forward(self, a_t: torch.Tensor, v_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.D(a_t, v_t, t, cond=self.cond, drop=self.drop)
-
-
 def forward_noise(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
                   alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """``x_t = sqrt(ᾱ_t) x_0 + σ_t ε`` with the given schedule."""
@@ -113,8 +102,10 @@ class DiscriminatorLoss:
                 drop_r, drop_f, rc, fc = drop_r[part], drop_f[part], rc[part], fc[part]
                 base_ca = None if base_ca is None else base_ca[part]
                 base_cv = None if base_cv is None else base_cv[part]
-            D_real = _Bound(D, rc.to(device), drop_r.to(device))
-            D_fake = _Bound(D, fc.to(device), drop_f.to(device))
+            from mmdisco.guidance.conditional import BoundCondition
+
+            D_real = BoundCondition(D, rc.to(device), drop_r.to(device))
+            D_fake = BoundCondition(D, fc.to(device), drop_f.to(device))
         if part is not None:   # this process's rows of the real and of the fake pairs
             if len(range(n_real)[part]) != len(range(n_fake)[part]) or not len(range(n_real)[part]):
                 raise ValueError(f"part {part} must take as many real as fake pairs, at least one")

@@ -51,9 +51,9 @@ def negative_batch(cfg: TrainConfig, real_a: torch.Tensor, real_v: torch.Tensor,
                    fake_a: torch.Tensor, fake_v: torch.Tensor, n: int,
                    generator: torch.Generator, real_prompt: torch.Tensor | None = None,
                    fake_prompt: torch.Tensor | None = None):
-    """``n`` negative pairs of the configured kind: ``(audio, video)``, or with the prompt
-    indices of the real clips and of the fakes, ``(audio, video, prompt)`` (a shuffled pair
-    keeps its audio's prompt)."""
+    """``n`` negative pairs of the configured kind: ``(audio, video, prompt)``, ``prompt`` the
+    prompt index of each pair when the real clips' and the fakes' are given (a shuffled pair
+    keeps its audio's), else None."""
     def generated(k: int):
         idx = torch.randint(len(fake_a), (k,), generator=generator)
         return fake_a[idx], fake_v[idx], None if fake_prompt is None else fake_prompt[idx]
@@ -71,9 +71,8 @@ def negative_batch(cfg: TrainConfig, real_a: torch.Tensor, real_v: torch.Tensor,
     else:
         parts = [generated(n - n // 2), shuffled(n // 2)]
     a, v = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    if real_prompt is None and fake_prompt is None:
-        return a, v
-    return a, v, torch.cat([p[2] for p in parts])
+    prompts = [p[2] for p in parts]
+    return a, v, None if any(p is None for p in prompts) else torch.cat(prompts)
 
 
 class Conditions:
@@ -202,15 +201,12 @@ def train_discriminator(D: nn.Module, base_a: BaseModel, base_v: BaseModel, *,
                                 *(() if conditions is None else
                                   (conditions.joint, conditions.real, conditions.fake,
                                    conditions.dropout)))
+
     def step_fn(model: nn.Module):
         idx = torch.randint(len(tr_a), (cfg.batch_size,), generator=gen)   # the global batch,
-        rows = None
-        if conditions is None:
-            neg_a, neg_v = negative_batch(cfg, tr_a, tr_v, fake_a, fake_v, cfg.batch_size, gen)
-        else:
-            neg_a, neg_v, neg_p = negative_batch(cfg, tr_a, tr_v, fake_a, fake_v, cfg.batch_size,
-                                                 gen, real_prompt=tr_p, fake_prompt=fk_p)
-            rows = conditions.rows(tr_p[idx], neg_p)
+        neg_a, neg_v, neg_p = negative_batch(cfg, tr_a, tr_v, fake_a, fake_v, cfg.batch_size,
+                                             gen, real_prompt=tr_p, fake_prompt=fk_p)
+        rows = None if conditions is None else conditions.rows(tr_p[idx], neg_p)
         batch = [x.to(device) for x in (tr_a[idx], tr_v[idx], neg_a, neg_v)]
         return loss_fn(model, base_a, base_v, *batch, gen, part=part,   # this share of it
                        prompts=rows)
