@@ -29,7 +29,8 @@ import click
 from mmdisco import tracking
 from mmdisco.config import to_dict
 from mmdisco.io import atomic_path, write_json
-from stages.common import Timer, load, params_option, stage_seed, user_errors
+from mmdisco.seeds import stage_seed
+from stages.common import Timer, load, params_option, user_errors
 
 # Why a folder entry is not listed for `extract_clips` (the "reason" of a skipped entry).
 SKIP_REASONS = ("hidden", "system", "not_regular", "unreadable", "partial_download",

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -22,12 +21,6 @@ def load(params_path: Path) -> Params:
         return load_params(params_path)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
-
-
-def stage_seed(seed: int, stage: str) -> int:
-    """A per-stage seed derived from the master seed, so stages draw independent streams."""
-    digest = hashlib.sha256(f"{seed}:{stage}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

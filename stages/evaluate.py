@@ -27,7 +27,8 @@ from mmdisco.config import to_dict
 from mmdisco.data.clips import load_clips
 from mmdisco.encoders import encoder_from_state
 from mmdisco.io import load_tensors, read_json, write_json
-from stages.common import Timer, load, params_option, stage_seed, user_errors
+from mmdisco.seeds import stage_seed
+from stages.common import Timer, load, params_option, user_errors
 
 SETS = ("baseline", "guided")
 

@@ -33,8 +33,9 @@ from mmdisco.guidance.conditional import CFGGuide, ConditionalDiscriminator, joi
 from mmdisco.guidance.sampler import item_seeds, sample_joint
 from mmdisco.guidance.store import load_discriminator
 from mmdisco.io import atomic_path, read_json, save_tensors, write_json
+from mmdisco.seeds import stage_seed
 from stages.bases import load_bases
-from stages.common import load, params_option, stage_seed, user_errors
+from stages.common import load, params_option, user_errors
 
 
 def sharded_joint(base_a, base_v, D, *, num_samples: int, batch_size: int, seed: int,

@@ -31,7 +31,8 @@ from mmdisco.config import to_dict
 from mmdisco.guidance.sampler import item_seeds, sample_single
 from mmdisco.io import atomic_path, save_tensors, write_json
 from stages.bases import load_bases
-from stages.common import Timer, load, params_option, stage_seed, user_errors
+from mmdisco.seeds import stage_seed
+from stages.common import Timer, load, params_option, user_errors
 
 
 def sample_bank(base, n: int, steps: int, batch_size: int, seed: int, label: str,

@@ -15,7 +15,8 @@ from mmdisco import tracking
 from mmdisco.config import to_dict
 from mmdisco.devices import resolve_device
 from mmdisco.io import atomic_path, load_tensors, remove_tree, write_json
-from stages.common import load, params_option, stage_seed, user_errors
+from mmdisco.seeds import stage_seed
+from stages.common import load, params_option, user_errors
 from stages.curves import curve_logger, write_curve
 
 

@@ -18,7 +18,8 @@ from mmdisco.bases.protocol import check_pair
 from mmdisco.config import to_dict
 from mmdisco.guidance.critic import Critic, train_critic
 from mmdisco.io import load_tensors
-from stages.common import load, params_option, stage_seed, user_errors
+from mmdisco.seeds import stage_seed
+from stages.common import load, params_option, user_errors
 from stages.curves import curve_logger
 from stages.guides import save_guide, summarise
 

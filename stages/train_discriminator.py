@@ -20,7 +20,8 @@ from mmdisco.guidance.discriminator import Discriminator
 from mmdisco.guidance.train import Conditions, train_discriminator
 from mmdisco.io import load_tensors
 from stages.bases import load_bases
-from stages.common import load, params_option, stage_seed, user_errors
+from mmdisco.seeds import stage_seed
+from stages.common import load, params_option, user_errors
 from stages.curves import curve_logger
 from stages.guides import save_guide, summarise
 

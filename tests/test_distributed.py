@@ -299,7 +299,7 @@ def test_the_stage_launched_with_torchrun_writes_the_one_process_bank(tmp_path):
 
     from mmdisco.bases import load_base
     from mmdisco.io import load_tensors, read_json
-    from stages.common import stage_seed
+    from mmdisco.seeds import stage_seed
     from stages.sample_fakes import fake_bank
 
     for base, name in zip(w.bases(), ("base_audio", "base_video")):
