@@ -107,6 +107,14 @@ def _is_locked(e: BaseException) -> bool:
     return any(m in str(e) for m in SQLITE_LOCKED)
 
 
+def _mlflow() -> Any:
+    """MLflow, imported on first use: it takes seconds to import, and the library's users who
+    never track (tests, bench, notebooks) should not pay for it."""
+    import mlflow
+
+    return mlflow
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, params: dict[str, Any] | None = None) -> Iterator[Any]:
     """Open one MLflow run for a stage; yields the active run (``mlflow.active_run()``).
@@ -114,8 +122,7 @@ def stage_run(stage: str, params: dict[str, Any] | None = None) -> Iterator[Any]
     A SQLite store that stays locked (too many writers at once) raises ``TrackingStoreBusy``
     with the fix in its message instead of MLflow's bare "database is locked".
     """
-    import mlflow
-
+    mlflow = _mlflow()
     _quiet_mlflow()
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
@@ -133,8 +140,7 @@ def stage_run(stage: str, params: dict[str, Any] | None = None) -> Iterator[Any]
 
 
 def log_params(params: dict[str, Any]) -> None:
-    import mlflow
-
+    mlflow = _mlflow()
     flat = {k: ("null" if v is None else str(v)) for k, v in flatten(params).items()}
     items = list(flat.items())
     for i in range(0, len(items), 100):  # MLflow's batch limit
@@ -143,8 +149,7 @@ def log_params(params: dict[str, Any]) -> None:
 
 def log_metrics(metrics: dict[str, Any], step: int | None = None, prefix: str = "") -> None:
     """Log every finite scalar in a (possibly nested) dict; lists and strings are skipped."""
-    import mlflow
-
+    mlflow = _mlflow()
     scalars = {}
     for k, v in flatten(metrics).items():
         if isinstance(v, bool):
@@ -157,6 +162,19 @@ def log_metrics(metrics: dict[str, Any], step: int | None = None, prefix: str = 
 
 def log_dict(obj: Any, artifact_file: str) -> None:
     """Log a JSON-serialisable object as an artifact of the active run (e.g. the prompts)."""
-    import mlflow
+    _mlflow().log_dict(obj, artifact_file)
 
-    mlflow.log_dict(obj, artifact_file)
+
+def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    """Copy one file into the active run's artifacts (under ``artifact_path`` if given)."""
+    _mlflow().log_artifact(str(path), artifact_path=artifact_path)
+
+
+def log_artifacts(folder: str | Path, artifact_path: str | None = None) -> None:
+    """Copy a folder's files into the active run's artifacts."""
+    _mlflow().log_artifacts(str(folder), artifact_path=artifact_path)
+
+
+def set_tags(tags: dict[str, Any]) -> None:
+    """Tag the active run; values are logged as strings."""
+    _mlflow().set_tags({k: str(v) for k, v in tags.items()})
