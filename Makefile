@@ -1,6 +1,6 @@
 # `make run` installs the project into .venv and runs the default pipeline (`dvc repro`);
-# `make test` installs it with the test extra and runs the test suite. Both are idempotent:
-# the install step is skipped while pyproject.toml is unchanged.
+# `make test` installs it with the test extra and runs the whole test suite (what CI runs).
+# Both are idempotent: the install step is skipped while pyproject.toml is unchanged.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -9,7 +9,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # Quiet pip's notes about optional local mirror folders that this machine may lack.
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: install run test bench clean-venv
+.PHONY: install run test test-fast bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# While editing: everything except the end-to-end tests marked `slow` (DVC pipeline runs).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py

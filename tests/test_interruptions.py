@@ -225,6 +225,7 @@ def temp_leftovers(folder: Path) -> list[str]:
 
 
 # --------------------------------------------------------------------------- stages
+@pytest.mark.slow
 def test_extract_clips_killed_twice_then_rerun(reference, tmp_path):
     rng = random.Random(f"{SEED}:extract_clips")
     proj = copy_inputs(reference, tmp_path / "proj", ("data/raw",))
@@ -255,6 +256,7 @@ def test_extract_clips_killed_twice_then_rerun(reference, tmp_path):
     store_ok(proj)
 
 
+@pytest.mark.slow
 def test_sample_fakes_killed_then_rerun(reference, tmp_path):
     rng = random.Random(f"{SEED}:sample_fakes")
     proj = copy_inputs(reference, tmp_path / "proj",
@@ -294,6 +296,7 @@ def checkpoint_step(proj: Path) -> int:
     return meta["step"]
 
 
+@pytest.mark.slow
 def test_train_discriminator_killed_twice_resumes(reference, tmp_path):
     rng = random.Random(f"{SEED}:train_discriminator")
     proj = copy_inputs(reference, tmp_path / "proj",
