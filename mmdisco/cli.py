@@ -47,7 +47,7 @@ def main(threads: int | None) -> None:
     dvc.yaml. Run one by hand with `mmdisco STAGE --help` to see its inputs and outputs.
     """
     if threads is not None:
-        import torch
+        import torch  # here, so that `mmdisco --help` does not wait for torch
 
         torch.set_num_threads(threads)
 

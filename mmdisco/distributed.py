@@ -20,6 +20,9 @@ What is shared between processes, and how:
   small next to the models (a fake bank is tens of MB). Only the main process then writes
   (``mmdisco.io.atomic_path``), logs to MLflow and saves checkpoints;
 - ``barrier`` (``wait_for_everyone``) orders writes before reads across ranks.
+
+Accelerate is imported inside the helpers that use it: a plain single-process run never
+needs it, and it adds about a second to every command's start.
 """
 from __future__ import annotations
 
@@ -28,6 +31,9 @@ import os
 from typing import Iterator, Sequence
 
 import torch
+
+from mmdisco import tracking
+from mmdisco.devices import resolve_device
 
 
 def cpu_only() -> bool:
@@ -69,8 +75,6 @@ def device(preference: str | torch.device = "auto") -> torch.device:
     as named."""
     if launched():
         return state().device
-    from mmdisco.devices import resolve_device
-
     return resolve_device(preference)
 
 
@@ -206,7 +210,5 @@ def main_run(stage: str, params: dict | None = None) -> Iterator:
     if not is_main():
         yield None
         return
-    from mmdisco import tracking
-
     with tracking.stage_run(stage, params) as run:
         yield run

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from mmdisco.io import load_tensors, read_json
+
 TEXT_INDEX = "text.json"
 
 
@@ -25,8 +27,6 @@ class PromptTable:
     """
 
     def __init__(self, folder: str | Path):
-        from mmdisco.io import load_tensors, read_json
-
         folder = Path(folder)
         index = folder / TEXT_INDEX
         if not index.is_file():

@@ -66,7 +66,7 @@ class PretrainedText:
     """A pretrained base's own text encoder and tokenizer, loaded without its UNet."""
 
     def __init__(self, kind: str, model: str, *, device: str = "auto", dtype: str = "auto"):
-        from mmdisco.bases.pretrained import load_text_encoder
+        from mmdisco.bases.pretrained import load_text_encoder  # pulls in diffusers: on use only
 
         self.kind, self.model = kind, model
         self._embed = load_text_encoder(kind, model, device=device, dtype=dtype)
