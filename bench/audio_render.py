@@ -30,8 +30,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmdisco.data.clips import load_clips  # noqa: E402
 from mmdisco.data.media import write_av  # noqa: E402
+from mmdisco.data.shards import load_clips  # noqa: E402
 from mmdisco.data.synth import class_pitches  # noqa: E402
 from mmdisco.encoders import encoder_from_state  # noqa: E402
 from mmdisco.eval.decoders import decode_audios  # noqa: E402

@@ -62,7 +62,8 @@ def build_latents(cache: Path, seed: int) -> dict:
     out = cache / "latents.pt"
     if out.is_file():
         return torch.load(out, weights_only=True)
-    from mmdisco.data.clips import extract_clips, load_clips
+    from mmdisco.data.clips import extract_clips
+    from mmdisco.data.shards import load_clips
     from mmdisco.data.synth import render_world
     t0 = time.perf_counter()
     raw, clips = cache / "raw", cache / "clips"

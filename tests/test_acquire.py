@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from mmdisco.data.clips import REJECT_REASONS
+from mmdisco.data.checks import REJECT_REASONS
+from mmdisco.data.folder import SKIP_REASONS
 from mmdisco.data.media import write_av
 from support.project import ROOT, set_params
-from stages.acquire import SKIP_REASONS
 
 CLIP = {"seconds": 1.0, "hop_seconds": 1.0, "fps": 8, "size": 16, "sample_rate": 16000,
         "workers": 1, "file_timeout_s": 60.0, "max_reject_fraction": 0.5}

@@ -15,7 +15,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from media_corpus import CFG, _usable  # noqa: E402
 
-from mmdisco.data.clips import REJECT_REASONS, extract_clips, load_clips  # noqa: E402
+from mmdisco.data.checks import REJECT_REASONS  # noqa: E402
+from mmdisco.data.clips import extract_clips  # noqa: E402
+from mmdisco.data.shards import load_clips  # noqa: E402
 
 SEED = 20250101
 VARIANTS = 40

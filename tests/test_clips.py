@@ -17,9 +17,10 @@ import pytest
 import torch
 
 from mmdisco.config import ClipConfig
-from mmdisco.data.clips import (ClipExtractionError, MediaRejected, cut_windows, extract_clips,
-                                load_clips, read_media)
+from mmdisco.data.checks import MediaRejected
+from mmdisco.data.clips import ClipExtractionError, cut_windows, extract_clips, read_media
 from mmdisco.data.media import write_av
+from mmdisco.data.shards import load_clips
 
 CFG = ClipConfig(seconds=1.0, hop_seconds=0.5, fps=8, size=16, sample_rate=16000, workers=2,
                  file_timeout_s=2.0, max_reject_fraction=1.0, shard_size=4)
@@ -49,9 +50,9 @@ def _click_audio(seconds: float, sr: int, click_s: float | None = None, channels
 
 
 def _write_offset(path: Path, video: np.ndarray, fps: int, audio: np.ndarray, sr: int, *,
-                  video_start: int, audio_start: int) -> None:
+                  video_start: int, audio_start: int, options: dict | None = None) -> None:
     """Write H.264 + AAC whose streams start at video_start frames and audio_start samples."""
-    with av.open(str(path), "w") as out:
+    with av.open(str(path), "w", options=options or {}) as out:
         vs = out.add_stream("libx264", rate=fps)
         vs.height, vs.width = video.shape[1:3]
         vs.pix_fmt = "yuv420p"
@@ -74,23 +75,8 @@ def _write_offset(path: Path, video: np.ndarray, fps: int, audio: np.ndarray, sr
 def _write_faststart_av(path: Path, video: np.ndarray, fps: int, audio: np.ndarray, sr: int
                         ) -> None:
     """Write an mp4 with its index (moov) before the media data."""
-    with av.open(str(path), "w", options={"movflags": "faststart"}) as out:
-        vs = out.add_stream("libx264", rate=fps)
-        vs.height, vs.width = video.shape[1:3]
-        vs.pix_fmt = "yuv420p"
-        ast = out.add_stream("aac", rate=sr)
-        ast.layout = "mono"
-        for i, image in enumerate(video):
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts = i
-            out.mux(vs.encode(frame))
-        out.mux(vs.encode(None))
-        for s in range(0, len(audio), 1024):
-            frame = av.AudioFrame.from_ndarray(audio[None, s:s + 1024].copy(), format="fltp",
-                                               layout="mono")
-            frame.sample_rate, frame.pts, frame.time_base = sr, s, Fraction(1, sr)
-            out.mux(ast.encode(frame))
-        out.mux(ast.encode(None))
+    _write_offset(path, video, fps, audio, sr, video_start=0, audio_start=0,
+                  options={"movflags": "faststart"})
 
 
 def _truncate(src: Path, dst: Path) -> None:

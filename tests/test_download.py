@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from mmdisco.data import download as dl
+from mmdisco.data.folder import read_captions
 
 FILES = {"a/x.txt": b"hello " * 1000, "a/b/y.bin": os.urandom(50_000)}
 
@@ -259,7 +260,6 @@ def test_vggsound_with_a_stand_in_yt_dlp(tmp_path):
     labels = json.loads((tmp_path / "out" / "labels.json").read_text())
     assert labels == {"---g-f_I2yQ_000001.mp4": "people marching"}
     # the captions CSV that data.captions reads (paths relative to out/videos, the data.folder)
-    from stages.acquire import read_captions
     assert read_captions(tmp_path / "out" / "captions.csv", tmp_path / "out" / "videos") == labels
     assert "unavailable" in json.loads((tmp_path / "out" / "failed.json").read_text())[
         "--56QUhyDQM_000185.mp4"]
@@ -270,7 +270,6 @@ def test_vggsound_with_a_stand_in_yt_dlp(tmp_path):
 
 
 def test_captions_csv_round_trips_labels_with_commas_and_quotes(tmp_path):
-    from stages.acquire import read_captions
     captions = {"a.mp4": "playing tennis, indoor", "sub/b.mp4": 'a "quoted" label', "c.mp4": ""}
     dl.write_captions(tmp_path / "captions.csv", captions)
     assert read_captions(tmp_path / "captions.csv", tmp_path) == captions

@@ -24,7 +24,9 @@ from click.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).parent))
 from media_corpus import CFG, ENTRIES, LONG_NAME, build_corpus  # noqa: E402
 
-from mmdisco.data.clips import REJECT_REASONS, extract_clips, load_clips  # noqa: E402
+from mmdisco.data.checks import REJECT_REASONS  # noqa: E402
+from mmdisco.data.clips import extract_clips  # noqa: E402
+from mmdisco.data.shards import load_clips  # noqa: E402
 from support.project import ROOT, set_params  # noqa: E402
 
 FRAME_S = 1 / CFG.fps

@@ -1,1 +1,2 @@
-"""Data: the embedded synthetic world, media files, clip extraction, dataset downloads."""
+"""Data: the embedded synthetic world, media files, the media manifest, clip extraction and the
+clips folder, dataset downloads."""

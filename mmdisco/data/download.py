@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import hashlib
 import http.client
+import io
 import json
 import logging
 import os
@@ -54,6 +56,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import click
+from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +187,6 @@ def _fetch_once(url: str, part: Path, offset: int, *, timeout: float, chunk: int
         length = resp.headers.get("Content-Length")
         expected = None if length is None else int(length)
         got = 0
-        from tqdm.auto import tqdm
         total = None if expected is None else offset + expected
         with open(part, mode) as f, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
                                          desc=Path(part).name[:-5], leave=False,
@@ -378,8 +380,6 @@ def find_yt_dlp(executable: str | None = None) -> str:
 
 def write_captions(path: Path, captions: dict[str, str]) -> None:
     """A ``file,caption`` CSV (what ``data.captions`` reads), written atomically, sorted by file."""
-    import io
-
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["file", "caption"])
@@ -408,7 +408,6 @@ def fetch_vggsound(csv_path: str | Path, out: str | Path, *, split: str | None =
     videos = Path(out) / "videos"
     videos.mkdir(parents=True, exist_ok=True)
     failed, have = {}, {}
-    from tqdm.auto import tqdm
     for clip in tqdm(clips, desc="vggsound", unit="clip", disable=not progress):
         dest = videos / clip.name
         if dest.is_file() and dest.stat().st_size > 0:
@@ -444,8 +443,6 @@ _ERRORS = (DownloadError, UnsafeArchiveError, MissingDependency, ValueError, OSE
 
 def _user_errors(fn):
     """Expected failures (a bad checksum, a missing tool, an unreadable file) as one line."""
-    import functools
-
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:

@@ -161,7 +161,7 @@ def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
     return float(value * time_base)
 
 
-def _video_info(stream: Any, container_s: float | None) -> dict:
+def describe_video(stream: Any, container_s: float | None) -> dict:
     """Describe a video stream: rate, frame count, size, start, duration and codec."""
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     duration = _seconds(stream.duration, stream.time_base) or container_s
@@ -174,7 +174,7 @@ def _video_info(stream: Any, container_s: float | None) -> dict:
             "codec": stream.codec_context.name}
 
 
-def _audio_info(stream: Any, container_s: float | None) -> dict:
+def describe_audio(stream: Any, container_s: float | None) -> dict:
     """Describe an audio stream: rate, channels, start, duration and codec."""
     duration = _seconds(stream.duration, stream.time_base) or container_s
     return {"sample_rate": stream.codec_context.sample_rate,
@@ -192,8 +192,8 @@ def probe(path: str | Path) -> dict:
     try:
         with av.open(str(path)) as src:
             container_s = src.duration / av.time_base if src.duration else None
-            video = _video_info(src.streams.video[0], container_s) if src.streams.video else None
-            audio = _audio_info(src.streams.audio[0], container_s) if src.streams.audio else None
+            video = describe_video(src.streams.video[0], container_s) if src.streams.video else None
+            audio = describe_audio(src.streams.audio[0], container_s) if src.streams.audio else None
     except av.FFmpegError as e:
         raise MediaError(f"{path}: cannot open as a media container ({e}); the file is "
                          f"damaged or not audio/video") from e

@@ -1,7 +1,9 @@
 """The embedded world: a coloured ball bounces on the floor and rings a tone at each contact.
 
 Colour k <-> pitch k ties the modalities in meaning; floor-contact frames <-> tone onsets tie
-them in time. Every clip comes with its ground truth (see /work/shared/design/synthav.md).
+them in time. Every clip comes with its ground truth (see /work/shared/design/synthav.md);
+its ``contact_times`` are in seconds, so clip extraction turns them into each clip's
+``contact_frames`` (it does so for every label field named ``<x>_times``).
 Notation: F frames, H = W = size pixels, L samples, P bounce period (frames), K classes.
 """
 from __future__ import annotations
