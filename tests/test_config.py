@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmdisco.config import ConfigError, Params, flatten, load_params, to_dict
+from mmdisco import config, schema
+from mmdisco.config import (ConfigError, Params, TinyBaseConfig, build, check_config, check_keys,
+                            flatten, load_params, merge, to_dict)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,6 +47,10 @@ def test_override_by_dotted_key(tmp_path):
     ({"bogus": 1}, "bogus"),
     ({"encoders": {"audio": {"kind": "wav2vec"}}}, "encoders.audio.kind"),
     ({"eval": {"confidence": float("nan")}}, "eval.confidence"),
+    ({"device": "gpu"}, "device must be auto"),
+    ({"encoders": {"video": {"device": "gpu"}}}, "encoders.video.device must be auto"),
+    ({"encoders": {"video": {"kind": "sd_vae"}}}, "encoders.video.model must name the sd_vae"),
+    ({"base": {"audio": {"pretrained": {"device": "tpu"}}}}, "base.audio.pretrained.device"),
 ])
 def test_bad_values_name_the_key(tmp_path, raw, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -73,3 +79,33 @@ def test_ddpm_with_a_ddim_eta_fails_at_load_not_after_training(section):
         load_params(root / "params.yaml", {f"{section}.kind": "ddpm"})
     assert getattr(load_params(root / "params.yaml", {f"{section}.kind": "ddpm",
                                                      f"{section}.eta": 0.0}), section).kind == "ddpm"
+
+
+def test_schema_names_are_importable_from_the_loader():
+    for name in ("Params", "ConfigError", "BaseModelsConfig", "TrainBaseConfig", "check_range"):
+        assert getattr(schema, name) is getattr(config, name)
+    assert type(Params().base) is schema.BaseModelsConfig
+
+
+def test_merge_is_deep_and_replaces_lists_and_scalars():
+    base = {"a": {"b": 1, "c": [1, 2]}, "d": 0}
+    out = merge(base, {"a": {"c": [3]}, "e": {"f": None}})
+    assert out == {"a": {"b": 1, "c": [3]}, "d": 0, "e": {"f": None}}
+    assert base == {"a": {"b": 1, "c": [1, 2]}, "d": 0}          # not modified
+
+
+def test_check_keys_takes_a_partial_mapping_and_names_the_bad_key():
+    check_keys(Params, {"data": {"clip": {"seconds": 2.0}}, "cfg": {"audio": 3}})
+    with pytest.raises(ConfigError, match=r"unknown key data\.clip\.sise .*'size'"):
+        check_keys(Params, {"data": {"clip": {"sise": 2}}})
+    with pytest.raises(ConfigError, match="data must be a mapping"):
+        check_keys(Params, {"data": "folder"})
+
+
+def test_check_config_applies_the_file_rules_to_a_config_built_in_code():
+    assert check_config(TinyBaseConfig(), "m") == TinyBaseConfig()
+    with pytest.raises(ConfigError, match=r"m\.patch must be >= 1"):
+        check_config(TinyBaseConfig(patch=0), "m")
+    with pytest.raises(ConfigError, match=r"m\.channels\[0\]"):
+        check_config(TinyBaseConfig(channels=(30, 64)), "m")
+    assert build(TinyBaseConfig, {"patch": 2}, "m") == check_config(TinyBaseConfig(patch=2), "m")

@@ -13,7 +13,6 @@ channels or tiles them into one image (weights shared across frames; ``unet_layo
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 from pathlib import Path
@@ -24,24 +23,11 @@ from einops import rearrange
 
 from mmdisco.bases.protocol import (CONFIG_FILE, check_input, scheduler_class, sigma,
                                     sqrt_alpha_bar)
-from mmdisco.config import ConfigError, TinyBaseConfig, _check_range, to_dict
+from mmdisco.config import ConfigError, TinyBaseConfig, check_config, to_dict
 from mmdisco.io import atomic_path, write_json
 
 KIND = "tiny"
 UNET_DIR = "unet"
-
-
-def check_config(cfg, key: str = "model"):
-    """Apply a params file's checks to a config dataclass built in code; return it."""
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            check_config(value, f"{key}.{f.name}")
-        else:
-            _check_range(value, dict(f.metadata), f"{key}.{f.name}")
-    if hasattr(cfg, "validate"):
-        cfg.validate(key)
-    return cfg
 
 
 def modality_of(latent_shape: tuple[int, ...]) -> str:
@@ -158,7 +144,7 @@ class TinyBase(torch.nn.Module):
                  unet: torch.nn.Module | None = None, *, cond_dim: int = 0,
                  uncond: torch.Tensor | None = None, guidance_scale: float = 1.0):
         super().__init__()
-        self.cfg = check_config(cfg)
+        self.cfg = check_config(cfg, "model")
         self.latent_shape = tuple(int(s) for s in latent_shape)
         self.modality = modality_of(self.latent_shape)
         self.num_train_timesteps = cfg.num_train_timesteps
@@ -338,7 +324,7 @@ class TinyBase(torch.nn.Module):
         cfg = build(TinyBaseConfig, meta["model"], f"{path / CONFIG_FILE}:model")
         if _weights_hash(path) != meta.get("weights_sha256"):
             raise ValueError(f"{path / UNET_DIR} does not match {path / CONFIG_FILE} (an "
-                             f"interrupted write?); retrain the base (`dvc repro`)")
+                             f"interrupted write?); retrain the base")
         cond_dim = int(meta.get("cond_dim", 0))
         unet_cls = UNet1DModel if cfg.arch == "unet1d" else UNet2DModel
         if cond_dim:   # the prompt projection is ours: build, then load every weight strictly
