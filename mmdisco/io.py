@@ -167,8 +167,7 @@ def write_text(path: str | Path, text: str) -> None:
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; run the stage that writes it first "
-                                f"(`dvc repro`)")
+        raise FileNotFoundError(f"{path} is missing; run the stage that writes it first")
     return json.loads(path.read_text())
 
 

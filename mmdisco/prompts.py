@@ -48,7 +48,7 @@ class PromptTable:
         missing = [p for p in prompts if p not in self._position]
         if missing:
             raise KeyError(f"prompt(s) {missing[:3]} were not encoded: add them to sample.prompts "
-                           f"(the encode stage embeds those and every caption)")
+                           f"(encoding the clips embeds those and every caption)")
         return torch.tensor([self._position[p] for p in prompts], dtype=torch.long)
 
     def embeddings(self, modality: str, rows: torch.Tensor) -> torch.Tensor:

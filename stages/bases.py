@@ -4,10 +4,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import torch
 
 from mmdisco import distributed as dist
-from mmdisco.bases import load_base
+from mmdisco.bases import BaseModel, load_base
 from mmdisco.config import Params
+from mmdisco.prompts import PromptTable
+
+
+def load_trained_base(path: Path, device: str | torch.device = "auto") -> BaseModel:
+    """``load_base``, with the DVC stages that write a missing base named in the error."""
+    try:
+        return load_base(path, device=device)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e} (`dvc repro train_base_audio train_base_video`)") from e
 
 
 def load_bases(params: Params, audio_base: Path, video_base: Path, latents_dir: Path | None = None):
@@ -15,11 +25,10 @@ def load_bases(params: Params, audio_base: Path, video_base: Path, latents_dir: 
     weight (``cfg.<modality>``) and the empty prompt's embedding stored by `encode` (so no
     stage after `encode` runs a text encoder); returns ``(base_a, base_v, prompt table or None)``."""
     device = dist.device(params.device)
-    bases = [dist.to_device(load_base(b), device) for b in (audio_base, video_base)]
+    bases = [dist.to_device(load_trained_base(b, device), device)
+             for b in (audio_base, video_base)]
     table = None
     if params.condition == "caption":
-        from mmdisco.prompts import PromptTable
-
         table = PromptTable(latents_dir or Path("data/latents"))
         for base, modality in zip(bases, ("audio", "video")):
             if not hasattr(base, "set_uncond") or not getattr(base, "cond_dim", 1):

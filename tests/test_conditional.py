@@ -16,6 +16,7 @@ from mmdisco.config import ConfigError, SynthConfig, build, load_params
 from mmdisco.data.synth import class_captions
 from mmdisco.encoders.text import HashedText, encode_prompts, words
 from mmdisco.eval.decoders import AudioReading, VideoReading
+from mmdisco.eval.evaluation import prompt_classes, subsample
 from mmdisco.eval.metrics import pair_metrics
 from mmdisco.io import save_tensors, write_json
 from mmdisco.prompts import TEXT_INDEX, PromptTable, text_file
@@ -157,8 +158,6 @@ def test_prompt_agreement_counts_invalid_readings_as_disagreeing():
 
 
 def test_prompted_classes_follow_the_pairs_that_evaluate_keeps(tmp_path):
-    from stages.evaluate import prompt_classes, subsample
-
     captions = class_captions(SynthConfig(num_classes=4))
     (tmp_path / "guided").mkdir()
     write_json(tmp_path / "guided" / "prompts.json",

@@ -123,5 +123,8 @@ def test_state_round_trip_and_unfitted_error():
     enc.fit(tone(500)[None])
     again = encoder_from_state(enc.state())
     assert torch.equal(again.encode(tone(500)[None]), enc.encode(tone(500)[None]))
+    # the caller's device and progress reach the pretrained kinds; the embedded ones take them too
+    quiet = encoder_from_state(enc.state(), device="cpu", progress=False)
+    assert torch.equal(quiet.encode(tone(500)[None]), enc.encode(tone(500)[None]))
     with pytest.raises(ValueError, match="unknown"):
         encoder_from_state({"kind": "mystery"})

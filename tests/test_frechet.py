@@ -18,6 +18,7 @@ from mmdisco.eval import frechet
 from mmdisco.eval.frechet import (FeatureExtractor, FrechetBiasWarning, TorchScriptExtractor,
                                   WorldAudioFeatures, WorldVideoFeatures, frechet_distance,
                                   frechet_report)
+from mmdisco.eval.sets import network_frechet
 
 
 def _with_moments(rng, n: int, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
@@ -305,8 +306,6 @@ def test_torchscript_extractor_refuses_what_is_not_torchscript(tmp_path):
 def test_evaluate_scores_each_set_on_the_users_networks(tmp_path, world):
     """``mmdisco.eval.sets.network_frechet``, what `evaluate` runs with eval.audio_features /
     eval.video_features: each set against a real subset of its own size, the floor in `real`."""
-    from mmdisco.eval.sets import network_frechet
-
     sets, _, _ = world
     torch.manual_seed(0)
     audio_path, video_path = tmp_path / "audio.pt", tmp_path / "video.pt"

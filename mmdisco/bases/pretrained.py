@@ -243,9 +243,9 @@ class PretrainedBase(torch.nn.Module):
         write_json(Path(path) / CONFIG_FILE, self.describe())
 
     @classmethod
-    def load(cls, path: str | Path, meta: dict) -> "PretrainedBase":
-        """Rebuild from a ``base.json`` (``load_base``); device from ``MMDISCO_DEVICE`` or auto."""
-        import os
+    def load(cls, path: str | Path, meta: dict, *,
+             device: str | torch.device = "auto") -> "PretrainedBase":
+        """Rebuild from a ``base.json`` (``load_base``) on ``device``: the file records none."""
         opts = dict(meta.get("source", {}))
         return cls.from_pretrained(
             **opts, latent_shape=tuple(meta["latent_shape"]),
@@ -253,7 +253,7 @@ class PretrainedBase(torch.nn.Module):
             timestep_spacing=meta.get("timestep_spacing", "trailing"),
             beta_schedule=meta.get("beta_schedule"),
             dtype=meta.get("dtype", "auto"),
-            device=os.environ.get("MMDISCO_DEVICE", "auto"),
+            device=device,
             offload=meta.get("offload", "none"), cfg_batch=meta.get("cfg_batch", True),
             **cls._extra_load_options(meta))
 

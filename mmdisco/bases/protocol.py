@@ -77,7 +77,7 @@ def read_meta(path: str | Path) -> dict:
     f = Path(path) / CONFIG_FILE
     if not f.is_file():
         raise FileNotFoundError(f"{f} is missing: '{path}' is not a saved base model folder; "
-                                f"train it first (`dvc repro train_base_audio train_base_video`)")
+                                f"train the base first (or prepare the pretrained one)")
     return json.loads(f.read_text())
 
 

@@ -47,12 +47,17 @@ def make_video_encoder(cfg: VideoEncoderConfig) -> Encoder:
     return VIDEO_ENCODERS[cfg.kind](cfg)
 
 
-def encoder_from_state(state: dict[str, Any]) -> Encoder:
-    """Rebuild a fitted encoder from the ``state()`` stored beside the latents."""
+def encoder_from_state(state: dict[str, Any], *, device: str = "auto",
+                       progress: bool = True) -> Encoder:
+    """Rebuild a fitted encoder from the ``state()`` stored beside the latents. A pretrained
+    kind runs on ``device`` (the state records none) and shows a progress bar with
+    ``progress``; the embedded kinds run on the CPU, silently."""
     kind = state.get("kind")
     table = {**AUDIO_ENCODERS, **VIDEO_ENCODERS}
     if kind not in table:
-        raise ValueError(f"stored encoder kind {kind!r} is unknown; re-run the encode stage")
+        raise ValueError(f"stored encoder kind {kind!r} is unknown; encode the clips again")
+    if table[kind] in (AudioLDMEncoder, SDVAEEncoder):
+        return table[kind].from_state(state, device=device, progress=progress)
     return table[kind].from_state(state)
 
 

@@ -19,13 +19,13 @@ in diffusers' layout) and loaded with ``from_pretrained``.
   through ``AutoencoderKL`` (posterior mean × ``scaling_factor``) → ``[N, F, C, H/8, W/8]``.
 
 Both encode in batches of ``batch_size`` (frames for video) with a progress bar
-(``progress=False`` or ``MMDISCO_PROGRESS=0`` silences it), on ``device`` in ``dtype``; the
-posterior MEAN is used, so encoding is deterministic.
+(``progress=False`` silences it), on ``device`` in ``dtype``; the posterior MEAN is used, so
+encoding is deterministic. Rebuilt from a stored ``state`` (``from_state``), an encoder runs on
+the ``device`` its caller names (``auto`` by default): the state records no device.
 """
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import torch
@@ -42,8 +42,7 @@ PEAK = 0.5                  # AudioLDM's loader scales each clip to this peak
 
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
-    on = enabled and os.environ.get("MMDISCO_PROGRESS", "1") != "0"
-    return tqdm(total=total, desc=desc, unit="item", disable=not on, leave=False)
+    return tqdm(total=total, desc=desc, unit="item", disable=not enabled, leave=False)
 
 
 def _load_vae(source: str, subfolder: str | None, dtype: torch.dtype, local_files_only: bool):
@@ -195,12 +194,12 @@ class AudioLDMEncoder(_Frozen):
                 "latent_shape": list(self.latent_shape)}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], **kwargs) -> "AudioLDMEncoder":
+    def from_state(cls, state: dict[str, Any], *, device: str = "auto",
+                   **kwargs) -> "AudioLDMEncoder":
         return cls(None, model=state["model"], sample_rate=state["sample_rate"],
                    num_samples=state["num_samples"], dtype=state.get("dtype", "float32"),
                    batch_size=state.get("batch_size", 16), normalize=state.get("normalize", True),
-                   device=kwargs.pop("device", None) or os.environ.get("MMDISCO_DEVICE", "auto"),
-                   **kwargs)
+                   device=device, **kwargs)
 
 
 # --------------------------------------------------------------------------- video
@@ -255,8 +254,8 @@ class SDVAEEncoder(_Frozen):
         return {**self._common_state(), "subfolder": self.subfolder}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], **kwargs) -> "SDVAEEncoder":
+    def from_state(cls, state: dict[str, Any], *, device: str = "auto",
+                   **kwargs) -> "SDVAEEncoder":
         return cls(None, model=state["model"], dtype=state.get("dtype", "float32"),
                    batch_size=state.get("batch_size", 16), subfolder=state.get("subfolder", "vae"),
-                   device=kwargs.pop("device", None) or os.environ.get("MMDISCO_DEVICE", "auto"),
-                   **kwargs)
+                   device=device, **kwargs)

@@ -1,104 +1,12 @@
 """AV-Align: how well the peaks of motion in a video line up with the onsets in its sound.
 
-Definition (Yariv et al., "Diverse and Aligned Audio-to-Video Generation via Text-to-Video
-Model Adaptation", AAAI 2024; also used by Seeing-and-Hearing, JavisBench and MOVA):
-
-  AV-Align = |matches| / (|A| + |V| - |matches|)
-
-an intersection over union of A, the audio peaks (onsets), and V, the video peaks (local maxima
-of optical-flow magnitude), where an audio peak matches a video peak less than a frame away.
-
-Two methods; every function that depends on it takes ``method``, the command ``--method``.
-
-method="reference" (the default) reproduces the published code (``av_align.py`` of the authors'
-TempoTokens repository, commit bf0b1e3) file by file: tests/fixtures/av_align holds 16 files
-of several kinds (embedded world, 8 to 30000/1001 fps, 16 to 48 kHz, stereo, silence, no
-motion, a remuxed pair, VP9 + Opus) with the scores that code gives them (made by
-make_fixture.py there); the tests require ours within 0.01, and all 16 (and 96 embedded
-clips) came out identical, with the same onset and peak times. What it does, restated:
-
-Video (``video_motion``, ``video_peaks``)
-  OpenCV decodes the frames (BGR, native size) and gives the rate (its CAP_PROP_FPS, the
-  container's nominal rate); each frame is made grey with ``cvtColor`` and Farneback dense flow
-  is computed between consecutive frames with pyramid scale 0.5, 3 levels, window 15,
-  3 iterations, poly_n 5, poly_sigma 1.2; the motion of transition i (frame i -> i+1) is the
-  mean flow magnitude over the pixels (pixels per frame). Its curve holds transition i-1 -> i
-  at frame i (frame 0 repeats transition 0 -> 1); frame i is a peak when its value is strictly
-  greater than at frames i-1 and i+1 and at least 0.1 (``MIN_FLOW_PEAK``: codec noise in a
-  still scene makes tiny peaks). So a transition i is reported at frame i + 1 (where the motion
-  arrives), the first and last transitions are never peaks, nor is a flat top of equal values;
-  a peak's time is frame / fps.
-Audio (``reference_onset_times``)
-  The sound is mixed to mono (channel mean) and resampled to 22.05 kHz as ``librosa.load``
-  does; librosa's ``onset_strength`` and ``onset_detect`` run at their defaults (mel
-  spectrogram, 2048-sample centred windows every 512 samples = 23 ms, lag 1, peak picking on
-  the normalised envelope); onset times are onset frames x 512 / 22050 s. Every onset counts,
-  also one after the last video frame. Measured on 294 clicks at 8 to 48 kHz: found 7 to 32 ms
-  late (20 on average), on the 23 ms grid; and the centring pads the start with zeros, so any
-  file that starts with sound (even noise 54 dB down) gets an onset at 3 hops, 0.070 s (in
-  every one of those files and of 96 embedded clips).
-  The published code reads the sound from a WAV beside the video; here the file's first audio
-  stream decoded by PyAV as it is (sample 0 at time 0) stands for it: on the 16 fixture files
-  WAVs extracted by the ffmpeg program (16-bit or float) gave the same onsets.
-Matching (``av_align_times``)
-  The audio peaks in time order each take the earliest unused video peak at t_v with
-  t_v - 1/fps < t_a < t_v + 1/fps (strict: exactly one frame apart does not match; each video
-  peak is used once; this greedy is a maximum matching). ``tolerance`` (frames, default 1)
-  scales the window and ``reuse_video_peaks`` lets one video peak match several onsets; both
-  leave the reference at their defaults. When neither side has a peak the published code
-  divides by zero; here the score is ``empty_score`` (default 1.0: nothing happens in either
-  stream, so nothing is out of step; the project's ``frame_f1`` scores two empty sets 1.0 too).
-  The result always carries both counts and ``both_empty``, so a caller who would rather skip
-  such clips (a generator that makes still, silent clips would score 1) can. One empty set and
-  one non-empty set score 0.
-
-In the embedded world AV-Align separates little with the reference. Measured on rendered
-clips (seed 0; shuffled = each clip's sound against another clip's video): 96 clips, real 0.393
-against shuffled 0.253 (one derangement; 0.279 over 50, 0.282 over all pairs); the first 20,
-real 0.346 against 0.292 (0.284 over 50); the first 32 (the tests'), 0.360 against 0.269.
-The causes: the onset at 0.070 s in every clip;
-6.0 onsets per clip for 3.8 floor contacts (72 % of onsets are within a frame of a contact);
-and only 42 % of the 3.8 flow peaks per clip within a frame of a contact, because Farneback
-tracks small displacements and the ball falls up to half its 64-pixel frame per frame at
-8 fps, so the motion is underestimated and the curve gets spurious peaks.
-
-method="flux" is a hand-written variant, kept because it measures the embedded world's timing
-better and does not depend on librosa's frame grid; it is not the published metric (on the
-same 96 clips it differs from the reference by 0.34 per file on average, at most 0.70, and
-scores real pairs 0.72 against 0.55 shuffled; with ``farneback={"iterations": 10}``, which
-tracks the large jumps, 0.87 against 0.50). What differs:
-  * audio (``onset_strength``, ``pick_onsets``): a spectral-flux onset detector written with
-    numpy after librosa's, its settings restated in seconds so that they do not depend on the
-    rate. The wave (channels averaged) is scaled to a peak of 1; a 40-band mel magnitude
-    spectrogram (HTK mel scale, 0 Hz .. Nyquist, bands without an FFT bin dropped) is taken
-    with a periodic Hann window of 32 ms every 8 ms, frames lying wholly inside the signal (no
-    padding: zero padding fakes the onset at the start described above, so an onset in the
-    first 32 ms is not found). Levels are compressed with log(1 + 30 x magnitude) (magnitudes
-    scaled so that a full-scale sine gives 1): where librosa takes decibels, this keeps faint
-    background noise near-linear, so its frame-to-frame jitter, summed over all bands, does not
-    drown the onset of a narrow-band sound. Measured on 80 tones over white noise 40 dB down:
-    decibels gave 1 to 3 false onsets per tone (8 to 44.1 kHz), this compression none (nor on
-    clicks and noise bursts); noise 20 dB down still gives several false onsets per tone, as
-    with librosa. Onset strength = mean over bands of the half-wave rectified increase from
-    one frame to the next (spectral flux, lag 1), dated at 3/4 of the later window (a sharp
-    onset's flux peaks about a quarter window after the onset enters it); measured on clicks,
-    noise bursts and tones: within 3 ms of the true onset on average (spread 2 ms). Peak
-    picking on the strength normalised to [0, 1], librosa's ``onset_detect`` rule: a frame is
-    an onset when it is the maximum of the 30 ms before it (itself included), at least 0.07
-    above the mean of the 100 ms either side, and more than 30 ms after the previous onset.
-    On the embedded world its onsets are exactly the floor contacts (bar one at frame 0).
-  * video: PyAV decodes the frames (rgb24, at the stream's average rate) and they are made grey
-    with float BT.601 weights; audio sample 0 is placed at the first video frame's time. The
-    peak rule has no 0.1 floor, and a flat top counts once, at its (left-)middle, as in
-    ``scipy.signal.find_peaks``.
-  * matching (``av_align_score``) on frame indices: onsets become frames round(t x fps), those
-    past the last video frame are dropped, and an audio peak at frame a matches a video peak at
-    v when |a - v| <= ``tolerance`` (default 1): 3 frames wide, slightly looser than the
-    reference's strict 2 frames. Each video peak matches at most one audio peak (a maximum
-    one-to-one matching, greedy in time order); with ``reuse_video_peaks`` (some published
-    copies) the score can exceed 1 when several onsets crowd around one video peak. Shuffled
-    pairs score high in the embedded world because contacts come every 3 to 6 frames and the
-    tolerance covers 3 frames.
+AV-Align (Yariv et al., AAAI 2024) is the intersection over union of the audio onsets and the
+video peaks (local maxima of optical-flow magnitude), an onset matching a peak less than a
+frame away. ``method="reference"`` (the default) follows the authors' published code (their
+TempoTokens ``av_align.py``) step by step, so that scores compare with published ones; the
+fixture in tests/fixtures/av_align holds that code's scores. ``method="flux"`` is a variant
+with its own spectral-flux onset detector, kept because it does not depend on librosa's frame
+grid. docs/evaluation.md restates both methods and what was measured on them.
 
 ``av_align`` scores arrays, ``av_align_file`` a media file (video decoded one frame at a time,
 only two frames held), ``av_align_files`` a list of files with their mean (and a shuffled
@@ -110,9 +18,13 @@ import json
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+import av
 import click
+import cv2
 import numpy as np
 from scipy.signal import find_peaks
+
+from mmdisco.eval.metrics import shuffle_pairs
 
 METHODS = ("reference", "flux")
 # Farneback parameters of the published metric (OpenCV's calcOpticalFlowFarneback).
@@ -157,8 +69,6 @@ def _grey_frames(frames: np.ndarray, value_range: tuple[float, float], method: s
         raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}")
     is_uint8 = x.dtype == np.uint8
     if method == "reference":
-        import cv2
-
         for frame in x:
             image = np.ascontiguousarray(_to_uint8(frame, is_uint8, value_range))
             yield cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
@@ -173,8 +83,6 @@ def _grey_frames(frames: np.ndarray, value_range: tuple[float, float], method: s
 def _motion_of(greys: Iterable[np.ndarray], farneback: dict | None) -> tuple[np.ndarray, int]:
     """Mean Farneback flow magnitude of each transition of a stream of grey uint8 frames, and
     the number of frames (only two frames are held at a time)."""
-    import cv2  # imported here: OpenCV is only needed for the video side
-
     p = {**FARNEBACK, **(farneback or {})}
     unknown = set(p) - set(FARNEBACK)
     if unknown:
@@ -268,7 +176,7 @@ def onset_strength(wave: np.ndarray, sample_rate: int, *, window_s: float = 0.03
     """The variant's spectral-flux onset strength [T] of a mono (or [C, L], averaged) wave, and
     its times (s).
 
-    See the module notes; an input shorter than a window and a hop gives empty arrays.
+    See docs/evaluation.md; an input shorter than a window and a hop gives empty arrays.
     """
     x = _check_wave(wave, sample_rate)
     if x.ndim == 2:
@@ -387,7 +295,7 @@ def av_align_score(audio_peaks: Sequence[int], video_peaks: Sequence[int], toler
     audio_peaks, video_peaks, both_empty}, where the peak entries are counts.
 
     An audio peak matches a video peak at most ``tolerance`` frames away; each video peak is
-    matched at most once unless ``reuse_video_peaks``. See the module notes.
+    matched at most once unless ``reuse_video_peaks``. See docs/evaluation.md.
     """
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
@@ -483,8 +391,6 @@ class AVAlignError(RuntimeError):
 
 def _check_streams(path: Path) -> None:
     """Raise AVAlignError unless ``path`` is a file with a video and an audio stream."""
-    import av
-
     if not path.exists():
         raise AVAlignError(f"{path}: no such file")
     if not path.is_file():
@@ -499,8 +405,6 @@ def _check_streams(path: Path) -> None:
 def _file_motion(path: Path, farneback: dict | None) -> tuple[np.ndarray, int, float, float]:
     """Motion curve, frame count, frame rate and first frame time of a file's first video
     stream, decoded by PyAV one frame at a time at its native rate and size (the variant)."""
-    import av
-
     with av.open(str(path)) as src:
         stream = src.streams.video[0]
         times: list[float] = []
@@ -528,8 +432,6 @@ def _file_motion(path: Path, farneback: dict | None) -> tuple[np.ndarray, int, f
 def _reference_file_motion(path: Path, farneback: dict | None) -> tuple[np.ndarray, int, float]:
     """Motion curve, frame count and frame rate of a file's video as the reference reads it:
     OpenCV decodes BGR frames (one at a time here) and reports the rate (CAP_PROP_FPS)."""
-    import cv2
-
     capture = cv2.VideoCapture(str(path))
     try:
         if not capture.isOpened():
@@ -556,8 +458,6 @@ def _reference_file_motion(path: Path, farneback: dict | None) -> tuple[np.ndarr
 def _file_audio(path: Path, mono: bool = True) -> tuple[np.ndarray, int, float]:
     """Float32 audio of a file's first audio stream, [L] (``mono``: mixed by FFmpeg) or [C, L]
     (channels as decoded), its rate and its first sample time."""
-    import av
-
     with av.open(str(path)) as src:
         stream = src.streams.audio[0]
         sample_rate = int(stream.codec_context.sample_rate)
@@ -587,8 +487,6 @@ def av_align_file(path: str | Path, *, method: str = "reference", tolerance: int
     audio sample 0 placed at the first video frame's time (silence is prepended to audio that
     starts later, samples before it are dropped).
     """
-    import av
-
     _check_method(method)
     path = Path(path)
     try:
@@ -651,8 +549,6 @@ def av_align_files(paths: Iterable[str | Path], *, method: str = "reference",
 def _shuffled_scores(files: list[dict], seed: int, method: str, tolerance: int,
                      reuse_video_peaks: bool, empty_score: float) -> list[float]:
     """Score of file i's audio peaks against the video peaks of file perm[i] (at its rate)."""
-    from mmdisco.eval.metrics import shuffle_pairs  # imported here: it pulls in the decoders
-
     if len(files) < 2:
         return []
     scores = []

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import torch
+import torchaudio
 
 CHUNK = 256                # clips summarised at once by the world extractors (bounded memory)
 _CHUNK_PIXELS = 1 << 21    # ... and at most about this many video pixels (F·H·W per clip)
@@ -379,8 +381,6 @@ class TorchScriptExtractor:
 
     def __init__(self, path: str | Path, modality: str, dim: int | None = None, *,
                  batch_size: int = 64, sample_rate: int | None = None, device: str = "cpu"):
-        import torch
-
         if modality not in ("audio", "video"):
             raise ValueError(f"modality must be 'audio' or 'video', got {modality!r}")
         if batch_size < 1:
@@ -408,8 +408,6 @@ class TorchScriptExtractor:
             int(rate) if isinstance(rate, int) else None)
 
     def _prepare(self, batch, sample_rate: int | None):
-        import torch
-
         x = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.asarray(batch))
         if self.modality == "audio":
             if x.ndim != 2:
@@ -418,8 +416,6 @@ class TorchScriptExtractor:
             x = x.float()
             if sample_rate is not None and self.sample_rate is not None \
                     and sample_rate != self.sample_rate:
-                import torchaudio
-
                 x = torchaudio.functional.resample(x, sample_rate, self.sample_rate)
             return x
         if x.ndim != 5:
@@ -440,8 +436,6 @@ class TorchScriptExtractor:
         return x
 
     def __call__(self, batch, sample_rate: int | None = None) -> np.ndarray:
-        import torch
-
         x = self._prepare(batch, sample_rate)
         outs = []
         with torch.inference_mode():

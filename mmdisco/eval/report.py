@@ -78,8 +78,8 @@ def main(files: tuple[Path, ...], columns: str) -> None:
         try:
             report = json.loads(path.read_text())
         except FileNotFoundError:
-            raise click.ClickException(f"{path}: no such file; run `dvc repro` (or give the "
-                                       f"path of an eval.json)") from None
+            raise click.ClickException(f"{path}: no such file; evaluate the samples first (or "
+                                       f"give the path of an eval.json)") from None
         except json.JSONDecodeError as e:
             raise click.ClickException(f"{path}: not valid JSON ({e})") from None
         if not isinstance(report, dict) or not any(s in report for s in SECTIONS):

@@ -11,13 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
+from mmdisco.eval.av_align import av_align_files
+from mmdisco.eval.frechet import TorchScriptExtractor, frechet_distance
+from mmdisco.eval.sheets import write_pairs
+
 
 def render_sets(folder: Path, sets: dict[str, tuple[np.ndarray, np.ndarray]], *, fps: int,
                 sample_rate: int, n: int) -> dict[str, list[Path]]:
     """The first ``n`` pairs of each set (uint8 videos ``[N, F, H, W, 3]``, waves ``[N, L]``)
     as mp4 files under ``folder/<set>/``."""
-    from mmdisco.eval.sheets import write_pairs
-
     out = {}
     for name, (videos, waves) in sets.items():
         k = min(n, len(videos))
@@ -30,8 +32,6 @@ def av_align_report(files: dict[str, list[Path]], *, bootstrap: int, confidence:
                     seed: int) -> dict[str, dict]:
     """Per set: the mean AV-Align of its files (the published metric, ``mmdisco.eval.av_align``)
     with a bootstrap interval, and the number of files."""
-    from mmdisco.eval.av_align import av_align_files
-
     rng = np.random.default_rng(seed)
     out = {}
     for name, paths in files.items():
@@ -54,8 +54,6 @@ def network_frechet(real: tuple[np.ndarray, np.ndarray], sets: dict[str, tuple[n
     (``TorchScriptExtractor``; an extractor left ``None`` is skipped). Each set is compared with
     a real subset of its own size (FD is biased by the set size); ``real`` gets the floor, two
     disjoint real subsets of that size, when the real clips suffice."""
-    from mmdisco.eval.frechet import TorchScriptExtractor, frechet_distance
-
     paths = {"audio": audio_features, "video": video_features}
     extractors = {m: TorchScriptExtractor(p, m) for m, p in paths.items() if p}
     out: dict[str, dict] = {name: {} for name in ("real", *sets)}

@@ -4,12 +4,13 @@ Measured on waveforms (decoded media files), not on latents, so that a broken re
 up even when every latent-level metric looks perfect. For each clip: the power spectrum of
 the whole clip (Hann window, one FFT), restricted to frequencies above ``min_hz`` (below it
 lie hum and DC, which the world never makes); the figure is the fraction of that power
-within ``±tol`` (relative) of a class pitch or of its second harmonic. Real files of the
-embedded world score about 0.97 (1-s windows of their AAC audio); noise scores about the fraction of the band the windows
-cover.
+within ``±tol`` (relative) of a class pitch or of its second harmonic. Noise scores about the
+fraction of the band those ``±tol`` windows cover; what real files and samples score is in the
+README ("Listening to the samples").
 """
 from __future__ import annotations
 
+import av
 import numpy as np
 
 
@@ -33,8 +34,6 @@ def pitch_energy_fraction(waves: np.ndarray, sample_rate: int, pitches, *, tol: 
 def read_sound(path) -> tuple[np.ndarray, int]:
     """A media file's first audio stream as mono float ``[L]`` at its own rate (PyAV): what a
     player would play."""
-    import av
-
     to_mono = av.AudioResampler(format="fltp", layout="mono")
     with av.open(str(path)) as src:
         if not src.streams.audio:
