@@ -14,6 +14,40 @@ params_option = click.option(
     "--params", "params_path", type=click.Path(dir_okay=False, path_type=Path),
     default="params.yaml", show_default=True, help="params file (DVC passes the repo's own)")
 
+latents_option = click.option(
+    "--latents", "latents_dir", type=click.Path(file_okay=False, path_type=Path),
+    default="data/latents", show_default=True)
+
+
+def bases_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--audio-base`` and ``--video-base``: the folders of the two trained bases."""
+    for modality in ("video", "audio"):   # applied bottom-up: --audio-base comes first
+        fn = click.option(f"--{modality}-base", type=click.Path(file_okay=False, path_type=Path),
+                          default=f"models/base_{modality}", show_default=True)(fn)
+    return fn
+
+
+def guide_outputs(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--out``, ``--checkpoints``, ``--metrics`` and ``--plot`` of the stage that trains the
+    guide ``name``: ``models/<name>``, ``checkpoints/<name>``, ``metrics/<name>.json`` and
+    ``plots/<name>.csv`` by default."""
+    folder, file = (click.Path(file_okay=False, path_type=Path),
+                    click.Path(dir_okay=False, path_type=Path))
+    options = [
+        click.option("--out", type=folder, default=f"models/{name}", show_default=True),
+        click.option("--checkpoints", type=folder, default=f"checkpoints/{name}",
+                     show_default=True),
+        click.option("--metrics", "metrics_path", type=file, default=f"metrics/{name}.json",
+                     show_default=True),
+        click.option("--plot", "plot_path", type=file, default=f"plots/{name}.csv",
+                     show_default=True)]
+
+    def apply(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):   # applied bottom-up: --out comes first
+            fn = option(fn)
+        return fn
+    return apply
+
 
 def load(params_path: Path) -> Params:
     """Load and validate the params file, turning a bad value into a clean CLI error."""

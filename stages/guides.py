@@ -9,7 +9,7 @@ from torch import nn
 
 from mmdisco import distributed as dist
 from mmdisco import tracking
-from mmdisco.guidance.store import save_discriminator
+from mmdisco.guidance import store
 from mmdisco.io import atomic_path, remove_tree, write_json
 from stages.curves import write_curve
 
@@ -32,7 +32,7 @@ def save_guide(stage: str, guide: nn.Module, summary: dict, curve: list[dict], *
     if dist.is_main():
         with atomic_path(out) as tmp:
             tmp.mkdir()
-            save_discriminator(guide.cpu(), tmp)
+            store.save_guide(guide.cpu(), tmp)
             write_json(tmp / "training.json", summary)
         remove_tree(checkpoints)  # finished: nothing left to resume (never seen half-deleted)
         write_curve(plot_path, curve)

@@ -12,19 +12,20 @@ from pathlib import Path
 import click
 
 from mmdisco import tracking
+from mmdisco.bases.train import train_base
 from mmdisco.config import to_dict
 from mmdisco.devices import resolve_device
 from mmdisco.io import atomic_path, load_tensors, remove_tree, write_json
+from mmdisco.prompts import PromptTable
 from mmdisco.seeds import stage_seed
-from stages.common import load, params_option, user_errors
+from stages.common import latents_option, load, params_option, user_errors
 from stages.curves import curve_logger, write_curve
 
 
 @click.command("train-base")
 @params_option
 @click.option("--modality", type=click.Choice(["audio", "video"]), required=True)
-@click.option("--latents", "latents_dir", type=click.Path(file_okay=False, path_type=Path),
-              default="data/latents", show_default=True)
+@latents_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="model folder (save_pretrained layout + base.json)")
 @click.option("--checkpoints", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -37,15 +38,11 @@ from stages.curves import curve_logger, write_curve
 def main(params_path: Path, modality: str, latents_dir: Path, out: Path, checkpoints: Path | None,
          metrics_path: Path, plot_path: Path) -> None:
     """Train the tiny base diffusion model of one modality on its latents (base.<modality>)."""
-    from mmdisco.bases.train import train_base
-
     params = load(params_path)
     cfg = getattr(params.base, modality)
     latents = load_tensors(latents_dir / f"{modality}.safetensors")["latents"]
     cond = uncond = None
     if params.condition == "caption":   # (latent, caption embedding) pairs, for CFG
-        from mmdisco.prompts import PromptTable
-
         table = PromptTable(latents_dir)
         cond, uncond = table.embeddings(modality, table.clip_prompt), table.null(modality)
     work = checkpoints or Path("checkpoints") / f"base_{modality}"

@@ -19,40 +19,21 @@ import torch
 torch.set_num_threads(1)
 
 from mmdisco import distributed as dist  # noqa: E402
-from mmdisco.bases import TinyBase, TinyBaseConfig  # noqa: E402
 from mmdisco.config import CriticConfig, TrainConfig  # noqa: E402
 from mmdisco.guidance.critic import Critic, train_critic  # noqa: E402
 from mmdisco.guidance.conditional import ConditionalDiscriminator  # noqa: E402
-from mmdisco.guidance.discriminator import Discriminator  # noqa: E402
 from mmdisco.guidance.train import Conditions, train_discriminator  # noqa: E402
-from stages.sample_fakes import fake_bank  # noqa: E402
-
-AUDIO, VIDEO = (1, 8, 8), (4, 3, 8, 8)
+from mmdisco.guidance.bank import fake_bank  # noqa: E402
+from mmdisco.guidance.sampler import SamplerSettings  # noqa: E402
+from support.tiny_guides import AUDIO, VIDEO, bases, data, make_d  # noqa: E402
 # λ > 0: the double backward through D runs under DDP too
 CFG = TrainConfig(steps=10, batch_size=8, checkpoint_every=4, log_every=2, eval_every=10,
                   heldout=8, denoise_weight=0.1)
 CRITIC = CriticConfig(steps=6, batch_size=8, heldout=8, warmup_steps=2, checkpoint_every=3,
                       log_every=3, eval_every=6, width=8, time_dim=16, dim=8)
 STOP = 6   # the interrupted runs stop here (a checkpoint step of neither schedule: forced)
-BANK = dict(num_pairs=10, steps=4, batch_size=3, eta=1.0, seed=5)   # 4 batches, the last of 1
-
-
-def bases():
-    torch.manual_seed(0)
-    a = TinyBase(TinyBaseConfig(arch="unet1d", channels=(8, 16)), AUDIO)
-    v = TinyBase(TinyBaseConfig(channels=(16, 32), patch=2, norm_groups=8, attn_head_dim=8), VIDEO)
-    return a.eval().requires_grad_(False), v.eval().requires_grad_(False)
-
-
-def data(n: int, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.rand((n, *AUDIO), generator=g) * 2 - 1,
-            torch.rand((n, *VIDEO), generator=g) * 2 - 1)
-
-
-def make_d() -> Discriminator:
-    torch.manual_seed(1)
-    return Discriminator(audio_shape=AUDIO, video_shape=VIDEO, width=8, time_dim=16, head_hidden=16)
+BANK = dict(num_pairs=10, batch_size=3, seed=5)   # 4 batches, the last of 1
+BANK_SETTINGS = SamplerSettings(steps=4, eta=1.0)
 
 
 def train(ckpt: Path, accelerator=None, stop_at: int | None = None, logs: list | None = None):
@@ -98,7 +79,7 @@ def critic_run(ckpt: Path, accelerator=None) -> Critic:
 
 def bank(**overrides) -> tuple[torch.Tensor, torch.Tensor]:
     base_a, base_v = bases()
-    return fake_bank(base_a, base_v, **{**BANK, **overrides})[:2]
+    return fake_bank(base_a, base_v, BANK_SETTINGS, **{**BANK, **overrides})[:2]
 
 
 def main(out: Path) -> None:

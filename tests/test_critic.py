@@ -10,7 +10,8 @@ from diffusers import DDPMScheduler
 from mmdisco.config import ConfigError, CriticConfig, build
 from mmdisco.guidance.critic import Critic, info_nce, retrieval_accuracy, train_critic
 from mmdisco.guidance.discriminator import input_gradients
-from mmdisco.guidance.store import load_discriminator, save_discriminator
+from mmdisco.guidance.store import load_guide, save_guide
+from support.tiny_guides import Interrupt, interrupt_at
 
 AUDIO, VIDEO = (1, 8, 8), (4, 3, 8, 8)
 ALPHAS = DDPMScheduler(num_train_timesteps=1000).alphas_cumprod.double()
@@ -65,8 +66,8 @@ def test_training_learns_the_pairing_above_chance(tmp_path):
     held = retrieval_accuracy(C, a[:64], v[:64], ALPHAS, ALPHAS, seed=3, labels=labels[:64])
     assert held["label_match_t300"] > 0.8        # chance: about 1/4
     (tmp_path / "saved").mkdir()
-    save_discriminator(C, tmp_path / "saved")
-    again = load_discriminator(tmp_path / "saved")
+    save_guide(C, tmp_path / "saved")
+    again = load_guide(tmp_path / "saved")
     t = torch.full((4,), 300)
     assert isinstance(again, Critic) and torch.equal(again(a[:4], v[:4], t), C(a[:4], v[:4], t))
 
@@ -76,16 +77,8 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path):
     kw = dict(real_a=a, real_v=v, alphas_a=ALPHAS, alphas_v=ALPHAS, cfg=CFG, seed=5)
     full = make_critic()
     assert train_critic(full, checkpoint_dir=tmp_path / "a", **kw)["resumed_from"] == 0
-
-    class Kill(Exception):
-        pass
-
-    def killer(step, stats):
-        if step == 8:
-            raise Kill
-
-    with pytest.raises(Kill):
-        train_critic(make_critic(), checkpoint_dir=tmp_path / "b", log=killer, **kw)
+    with pytest.raises(Interrupt):
+        train_critic(make_critic(), checkpoint_dir=tmp_path / "b", log=interrupt_at(8), **kw)
     resumed = make_critic()
     # killed while logging step 8, before its checkpoint: resumes from step 4
     assert train_critic(resumed, checkpoint_dir=tmp_path / "b", **kw)["resumed_from"] == 4

@@ -6,30 +6,10 @@ import dataclasses
 import pytest
 import torch
 
-from mmdisco.bases import TinyBase, TinyBaseConfig
 from mmdisco.config import TrainConfig
-from mmdisco.guidance.discriminator import Discriminator
-from mmdisco.guidance.store import load_discriminator, save_discriminator
+from mmdisco.guidance.store import load_guide, save_guide
 from mmdisco.guidance.train import derangement, negative_batch, train_discriminator
-
-AUDIO, VIDEO = (1, 8, 8), (4, 3, 8, 8)
-
-
-def bases():
-    torch.manual_seed(0)
-    a = TinyBase(TinyBaseConfig(arch="unet1d", channels=(8, 16)), AUDIO)
-    v = TinyBase(TinyBaseConfig(channels=(16, 32), patch=2, norm_groups=8, attn_head_dim=8), VIDEO)
-    return a.eval().requires_grad_(False), v.eval().requires_grad_(False)
-
-
-def data(n: int, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.rand((n, *AUDIO), generator=g) * 2 - 1, torch.rand((n, *VIDEO), generator=g) * 2 - 1)
-
-
-def make_d(seed: int = 1) -> Discriminator:
-    torch.manual_seed(seed)
-    return Discriminator(audio_shape=AUDIO, video_shape=VIDEO, width=8, time_dim=16, head_hidden=16)
+from support.tiny_guides import AUDIO, VIDEO, Interrupt, bases, data, interrupt_at, make_d
 
 
 CFG = TrainConfig(steps=12, batch_size=8, checkpoint_every=4, log_every=4, eval_every=8,
@@ -75,16 +55,9 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path):
     assert len(accs) == 15 and all(round(8 * a) == 8 * a for a in accs)
     # interrupted at step 8 by raising from the logger, which runs before that step's
     # checkpoint is written: the last checkpoint is step 4's
-    class Kill(Exception):
-        pass
-
-    def killer(step, stats):
-        if step == 8:
-            raise Kill
-
-    with pytest.raises(Kill):
+    with pytest.raises(Interrupt):
         train_discriminator(make_d(), base_a, base_v, cfg=CFG, checkpoint_dir=tmp_path / "b",
-                            log=killer, **kw)
+                            log=interrupt_at(8), **kw)
     assert (tmp_path / "b" / "meta.json").is_file()
     d_resumed = make_d()
     resumed = train_discriminator(d_resumed, base_a, base_v, cfg=CFG,
@@ -110,8 +83,8 @@ def test_training_separates_real_from_fake_and_saves(tmp_path):
     out = train_discriminator(D, base_a, base_v, real_a=real_a, real_v=real_v, fake_a=fake_a,
                               fake_v=fake_v, cfg=cfg, checkpoint_dir=tmp_path / "c", seed=0)
     assert out["acc_real_t100"] > 0.8 and out["acc_fake_t100"] > 0.8
-    save_discriminator(D, tmp_path)
-    again = load_discriminator(tmp_path)
+    save_guide(D, tmp_path)
+    again = load_guide(tmp_path)
     a_t, v_t, t = real_a[:4], real_v[:4], torch.full((4,), 100)
     assert torch.equal(again(a_t, v_t, t), D(a_t, v_t, t))
     assert not any(p.requires_grad for p in again.parameters())

@@ -8,7 +8,7 @@ from torch import nn
 from mmdisco.guidance.conditional import ConditionalDiscriminator
 from mmdisco.guidance.critic import Critic
 from mmdisco.guidance.discriminator import Discriminator
-from mmdisco.guidance.store import load_discriminator, save_discriminator
+from mmdisco.guidance.store import load_guide, save_guide
 from mmdisco.io import read_json
 
 AUDIO, VIDEO = (1, 8, 8), (4, 3, 8, 8)
@@ -39,9 +39,9 @@ def perturbed(module: nn.Module) -> nn.Module:
 ])
 def test_each_kind_round_trips(tmp_path, kind, build, extra):
     module = perturbed(build())
-    save_discriminator(module, tmp_path)
+    save_guide(module, tmp_path)
     assert read_json(tmp_path / "discriminator.json")["kind"] == kind
-    again = load_discriminator(tmp_path)
+    again = load_guide(tmp_path)
     assert type(again) is type(module) and again.config == module.config
     a, v, t = inputs()
     with torch.no_grad():
@@ -50,5 +50,5 @@ def test_each_kind_round_trips(tmp_path, kind, build, extra):
 
 def test_an_unknown_module_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(TypeError, match="cannot save a Linear"):
-        save_discriminator(nn.Linear(2, 2), tmp_path)
+        save_guide(nn.Linear(2, 2), tmp_path)
     assert list(tmp_path.iterdir()) == []

@@ -17,11 +17,12 @@ from typing import Callable
 
 import torch
 
+from mmdisco import checkpoint
+from mmdisco.bases.pretrained import prepare_pretrained_base
 from mmdisco.bases.protocol import sigma, sqrt_alpha_bar
 from mmdisco.bases.tiny import TinyBase, check_config, check_shape
-from mmdisco import checkpoint
 from mmdisco.config import ConfigError, TinyBaseConfig, TrainBaseConfig, to_dict
-from mmdisco.loop import Schedule, train_loop
+from mmdisco.loop import Checkpoints, Schedule, Trainer, seeded, train_loop
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -83,10 +84,32 @@ def _check_latents(latents: torch.Tensor, cfg: TrainBaseConfig) -> None:
         raise ValueError(f"latents must be audio [N, C, T, M] or video [N, F, C, H, W] with N ≥ 1, "
                          f"got {list(latents.shape)}")
     if not torch.isfinite(latents).all():
-        raise ValueError("latents hold NaN or infinite values; re-run the encode stage")
+        raise ValueError("latents hold NaN or infinite values; encode the clips again")
     check_shape(cfg.model, tuple(latents.shape[1:]), "model")
     if cfg.hflip and latents.ndim != 5:
         raise ConfigError("hflip mirrors video frames; turn it off for audio latents")
+
+
+def _prompt_embeddings(cond: torch.Tensor | None, uncond: torch.Tensor | None, n: int):
+    """``(cond [N, E], uncond [1, E])`` as float rows on the CPU, ``uncond`` zeros when not
+    given; both as given when ``cond`` is None (an unconditional base)."""
+    if cond is None:
+        return cond, uncond
+    cond = cond.detach().float().cpu().reshape(len(cond), -1)
+    if len(cond) != n:
+        raise ValueError(f"{len(cond)} prompt embeddings for {n} latents; give one "
+                         f"per latent (re-run the encode stage)")
+    uncond = torch.zeros(1, cond.shape[1]) if uncond is None else \
+        uncond.detach().float().cpu().reshape(1, -1)
+    return cond, uncond
+
+
+def _save_ema(base: TinyBase, ema: torch.nn.Module, out_dir: Path) -> TinyBase:
+    """The final model, ``base`` with the EMA weights, saved to ``out_dir`` (on the CPU)."""
+    final = TinyBase(base.cfg, base.latent_shape, unet=ema.cpu(), cond_dim=base.cond_dim,
+                     uncond=base.uncond.cpu() if base.uncond is not None else None)
+    final.save(out_dir)
+    return final
 
 
 # --------------------------------------------------------------------------- loop
@@ -106,26 +129,17 @@ def train_base(latents: torch.Tensor, cfg: TrainBaseConfig, out_dir: Path, *, se
     """
     out_dir = Path(out_dir)
     if getattr(cfg, "kind", "tiny") != "tiny":
-        from mmdisco.bases.pretrained import prepare_pretrained_base
-
         return prepare_pretrained_base(latents, cfg, out_dir)
     check_config(cfg, "base")
     latents = latents.detach().float().cpu().contiguous()
     _check_latents(latents, cfg)
-    if cond is not None:
-        cond = cond.detach().float().cpu().reshape(len(cond), -1)
-        if len(cond) != len(latents):
-            raise ValueError(f"{len(cond)} prompt embeddings for {len(latents)} latents; give one "
-                             f"per latent (re-run the encode stage)")
-        uncond = torch.zeros(1, cond.shape[1]) if uncond is None else \
-            uncond.detach().float().cpu().reshape(1, -1)
+    cond, uncond = _prompt_embeddings(cond, uncond, len(latents))
     started = time.perf_counter()
-    # 1. model, EMA copy, optimiser, generator (every draw from it, on the CPU)
+    # 1. model (seeded), EMA copy, optimiser, generator (every draw from it, on the CPU)
     gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG left untouched
-        torch.manual_seed(seed)
-        base = TinyBase(resolve_data_stats(cfg.model, latents), tuple(latents.shape[1:]),
-                        cond_dim=0 if cond is None else cond.shape[1], uncond=uncond)
+    base = seeded(seed, lambda: TinyBase(resolve_data_stats(cfg.model, latents),
+                                         tuple(latents.shape[1:]), uncond=uncond,
+                                         cond_dim=0 if cond is None else cond.shape[1]))
     device = torch.device(device)
     base.to(device)
     ema = copy.deepcopy(base.unet).requires_grad_(False)
@@ -146,19 +160,16 @@ def train_base(latents: torch.Tensor, cfg: TrainBaseConfig, out_dir: Path, *, se
             torch._foreach_lerp_(ema_params, params, 1.0 - ema_decay(cfg, step))
 
     result = train_loop(
-        name="base training", model=base.unet, opt=opt, lr_at=lambda s: learning_rate(cfg, s),
-        schedule=Schedule(cfg.steps, cfg.log_every, cfg.checkpoint_every, grad_clip=cfg.grad_clip),
-        step_fn=step_fn, generator=gen, checkpoint_dir=out_dir / CHECKPOINT_DIR,
-        fingerprint=_fingerprint(latents, cfg, seed, cond, uncond), lr_key="base.<m>.lr",
-        log=log, extra={"ema": (ema.state_dict, ema.load_state_dict)}, after_update=update_ema)
-    resumed_from, last = result.resumed_from, result.last
+        Trainer(name="base training", model=base.unet, opt=opt, lr_key="base.<m>.lr",
+                lr_at=lambda s: learning_rate(cfg, s), step_fn=step_fn, after_update=update_ema),
+        Schedule(cfg.steps, cfg.log_every, cfg.checkpoint_every, grad_clip=cfg.grad_clip),
+        Checkpoints(out_dir / CHECKPOINT_DIR, _fingerprint(latents, cfg, seed, cond, uncond), gen,
+                    extra={"ema": (ema.state_dict, ema.load_state_dict)}), log=log)
     # 3. final model = EMA weights
-    final = TinyBase(base.cfg, base.latent_shape, unet=ema.cpu(), cond_dim=base.cond_dim,
-                     uncond=base.uncond.cpu() if base.uncond is not None else None)
-    final.save(out_dir)
-    return {"steps": cfg.steps, "resumed_from": resumed_from, "final_loss": last.get("loss"),
-            "wall_s": time.perf_counter() - started, "num_parameters": final.num_parameters(),
-            "modality": final.modality}
+    final = _save_ema(base, ema, out_dir)
+    return {"steps": cfg.steps, "resumed_from": result.resumed_from,
+            "final_loss": result.last.get("loss"), "wall_s": time.perf_counter() - started,
+            "num_parameters": final.num_parameters(), "modality": final.modality}
 
 
 def _draw_batch(latents: torch.Tensor, cfg: TrainBaseConfig, num_timesteps: int,

@@ -108,14 +108,7 @@ class ConditionalDiscriminator(Discriminator):
         """``logit D(a_t, v_t, t | cond) [N]`` (the parent's fusion, conditioned ``temb``)."""
         _check_inputs(a_t, v_t, t, self.audio_shape, self.video_shape)
         temb = self.time(t) + self.cond_embedding(cond, a_t.shape[0], drop)
-        a_steps, a_pooled = self.encode_audio(a_t, temb)
-        v_steps, v_pooled = self.encode_video(v_t, temb)
-        temporal = self.temporal_head(torch.cat([a_steps, v_steps], dim=-1), temb).mean(dim=-1)
-        semantic = self.semantic_head(torch.cat([a_pooled, v_pooled, a_pooled * v_pooled], dim=-1), temb)
-        logit = temporal + semantic
-        if return_parts:
-            return logit, {"temporal": temporal, "semantic": semantic}
-        return logit
+        return self.fuse(a_t, v_t, temb, return_parts=return_parts)
 
 
 class BoundCondition(nn.Module):

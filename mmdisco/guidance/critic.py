@@ -38,12 +38,14 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.nn.functional import all_gather
 
 from mmdisco import checkpoint
 from mmdisco.config import CriticConfig, to_dict
 from mmdisco.guidance.discriminator import AudioFeatures, TimeEmbedding, VideoFeatures, _check_inputs
 from mmdisco.guidance.loss import forward_noise
-from mmdisco.loop import Schedule, train_loop
+from mmdisco.loop import (Checkpoints, Schedule, Trainer, batch_share, run_summary, seeded,
+                          train_loop)
 
 EVAL_TIMESTEPS = (300, 500, 700, 850)
 
@@ -145,11 +147,28 @@ class _Towers(nn.Module):
 def _gathered_scores(towers: nn.Module, critic: Critic, a_t: torch.Tensor, v_t: torch.Tensor,
                      t: torch.Tensor, part: slice) -> torch.Tensor:
     """The whole batch's score matrix from this process's share and the others' embeddings."""
-    from torch.distributed.nn.functional import all_gather
-
     e_a, e_v = towers(a_t[part], v_t[part], t[part])
     e_a, e_v = torch.cat(all_gather(e_a)), torch.cat(all_gather(e_v))
     return e_a @ e_v.T / critic.temperature
+
+
+def learning_rate(cfg: CriticConfig, step: int) -> float:
+    """Linear warmup over ``critic.warmup_steps``, times a cosine decay to 0 at ``steps``."""
+    warm = min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+    return cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+
+
+def _check_data(cfg: CriticConfig, real_a: torch.Tensor, real_v: torch.Tensor,
+                alphas_a: torch.Tensor) -> None:
+    """Refuse unpaired clips, timesteps past the schedule, too few clips for the batch."""
+    if len(real_a) != len(real_v):
+        raise ValueError(f"real audio ({len(real_a)}) and video ({len(real_v)}) counts differ")
+    if cfg.t_max >= len(alphas_a):
+        raise ValueError(f"critic.t_max ({cfg.t_max}) must be below the bases' "
+                         f"num_train_timesteps ({len(alphas_a)})")
+    if len(real_a) < cfg.heldout + cfg.batch_size:
+        raise ValueError(f"critic.heldout ({cfg.heldout}) + critic.batch_size ({cfg.batch_size}) "
+                         f"exceed the {len(real_a)} real clips; lower one of them")
 
 
 def train_critic(critic: Critic, *, real_a: torch.Tensor, real_v: torch.Tensor,
@@ -165,20 +184,12 @@ def train_critic(critic: Critic, *, real_a: torch.Tensor, real_v: torch.Tensor,
     ``accelerator``, ``stop_at`` and ``device`` as in
     ``mmdisco.guidance.train.train_discriminator`` (several processes: see the module docstring).
     """
-    from mmdisco.guidance.train import _share
-
-    world, _, part = _share(accelerator, cfg.batch_size)
+    world, _, part = batch_share(accelerator, cfg.batch_size)
     device = torch.device(device or "cpu") if accelerator is None else accelerator.device
     critic.to(device)
-    if len(real_a) != len(real_v):
-        raise ValueError(f"real audio ({len(real_a)}) and video ({len(real_v)}) counts differ")
-    if cfg.t_max >= len(alphas_a):
-        raise ValueError(f"critic.t_max ({cfg.t_max}) must be below the bases' "
-                         f"num_train_timesteps ({len(alphas_a)})")
-    if len(real_a) < cfg.heldout + cfg.batch_size:
-        raise ValueError(f"critic.heldout ({cfg.heldout}) + critic.batch_size ({cfg.batch_size}) "
-                         f"exceed the {len(real_a)} real clips; lower one of them")
+    _check_data(cfg, real_a, real_v, alphas_a)
     started = time.perf_counter()
+    # 1. split (the first draw of the generator): held-out clips, the rest to train on
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(real_a), generator=gen)
     held, train_idx = order[:cfg.heldout], order[cfg.heldout:]
@@ -186,6 +197,8 @@ def train_critic(critic: Critic, *, real_a: torch.Tensor, real_v: torch.Tensor,
     opt = torch.optim.AdamW(critic.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     fp = checkpoint.fingerprint("critic", real_a, real_v, alphas_a, alphas_v, to_dict(cfg), seed,
                                 critic.config)
+
+    # 2. a step: a batch of distinct clips at one timestep, InfoNCE on its score matrix
     def step_fn(trained: nn.Module):
         idx = torch.randperm(len(tr_a), generator=gen)[:cfg.batch_size]
         a_t, v_t, t = _noisy_batch(tr_a[idx], tr_v[idx], sample_timestep(cfg, gen),
@@ -202,22 +215,22 @@ def train_critic(critic: Critic, *, real_a: torch.Tensor, real_v: torch.Tensor,
         return retrieval_accuracy(critic, real_a[held], real_v[held], alphas_a, alphas_v,
                                   seed=seed + 1)
 
-    def lr_at(step: int) -> float:
-        warm = min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
-        return cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
-
+    # 3. the loop (resume, data parallelism, logging, checkpoints: mmdisco.loop)
     result = train_loop(
-        name="critic", model=critic, opt=opt, generator=gen, checkpoint_dir=checkpoint_dir,
-        fingerprint=fp, lr_key="critic.lr", accelerator=accelerator, log=log, lr_at=lr_at,
-        schedule=Schedule(cfg.steps, cfg.log_every, cfg.checkpoint_every, cfg.eval_every,
-                          cfg.grad_clip),
-        step_fn=step_fn, evaluate=evaluate, stop_at=stop_at,
-        prepare=lambda model, o: accelerator.prepare(_Towers(model), o))
-    resumed_from = result.resumed_from
-    if result.stopped:
-        return {"steps": cfg.steps, "stopped_at": result.step, "resumed_from": resumed_from,
-                "wall_s": time.perf_counter() - started}
-    last_eval = result.last_eval or evaluate()
-    return {"steps": cfg.steps, "resumed_from": resumed_from,
-            "wall_s": time.perf_counter() - started, "heldout": len(held),
-            "num_parameters": sum(p.numel() for p in critic.parameters()), **last_eval}
+        Trainer(name="critic", model=critic, opt=opt, lr_key="critic.lr", step_fn=step_fn,
+                lr_at=lambda step: learning_rate(cfg, step), evaluate=evaluate,
+                prepare=lambda model, o: accelerator.prepare(_Towers(model), o)),
+        Schedule(cfg.steps, cfg.log_every, cfg.checkpoint_every, cfg.eval_every, cfg.grad_clip,
+                 stop_at=stop_at),
+        Checkpoints(checkpoint_dir, fp, gen), accelerator=accelerator, log=log)
+    return run_summary(result, steps=cfg.steps, started=started, model=critic, evaluate=evaluate,
+                       heldout=len(held))
+
+
+def new_critic(cfg: CriticConfig, audio_shape: tuple[int, ...], video_shape: tuple[int, ...],
+               seed: int) -> Critic:
+    """A ``Critic`` of ``cfg``'s size, initialised from ``seed`` (global RNG left untouched)."""
+    return seeded(seed, lambda: Critic(audio_shape=tuple(audio_shape),
+                                       video_shape=tuple(video_shape), width=cfg.width,
+                                       time_dim=cfg.time_dim, dim=cfg.dim,
+                                       temperature=cfg.temperature))

@@ -233,7 +233,12 @@ class Discriminator(nn.Module):
                 return_parts: bool = False):
         """``logit D [N]``; with ``return_parts`` also ``{"temporal": [N], "semantic": [N]}``."""
         _check_inputs(a_t, v_t, t, self.audio_shape, self.video_shape)
-        temb = self.time(t)
+        return self.fuse(a_t, v_t, self.time(t), return_parts=return_parts)
+
+    def fuse(self, a_t: torch.Tensor, v_t: torch.Tensor, temb: torch.Tensor, *,
+             return_parts: bool = False):
+        """The logit from both encoders under the time embedding ``temb`` (a conditional
+        discriminator's carries its condition too): temporal part + semantic part."""
         a_steps, a_pooled = self.encode_audio(a_t, temb)
         v_steps, v_pooled = self.encode_video(v_t, temb)
         temporal = self.temporal_head(torch.cat([a_steps, v_steps], dim=-1), temb).mean(dim=-1)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmdisco.bases.protocol import BaseModel, check_pair, sigma, sqrt_alpha_bar
+from mmdisco.guidance.conditional import BoundCondition
 from mmdisco.guidance.discriminator import input_gradients
 
 
@@ -80,9 +81,7 @@ class DiscriminatorLoss:
         without it) and the loss is computed on rows ``part`` of the real and the fake pairs.
         """
         check_pair(base_a, base_v)
-        if real_a0.shape[0] != real_v0.shape[0] or fake_a0.shape[0] != fake_v0.shape[0]:
-            raise ValueError(f"unpaired batch: real {real_a0.shape[0]} audio vs {real_v0.shape[0]} "
-                             f"video, fake {fake_a0.shape[0]} audio vs {fake_v0.shape[0]} video")
+        _check_batch(real_a0, real_v0, fake_a0, fake_v0, part)
         device = real_a0.device
         alphas_a, alphas_v = base_a.alphas_cumprod(), base_v.alphas_cumprod()
         n_real, n_fake = real_a0.shape[0], fake_a0.shape[0]
@@ -91,28 +90,11 @@ class DiscriminatorLoss:
         t_fake = self._timesteps(n_fake, steps, generator).to(device)
         noise = [torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(device)
                  for x in (real_a0, real_v0, fake_a0, fake_v0)]
-        D_real = D_fake = D
-        base_ca = base_cv = None
-        if prompts is not None:
-            drop_r = torch.rand(n_real, generator=generator, device=generator.device) < prompts.dropout
-            drop_f = torch.rand(n_fake, generator=generator, device=generator.device) < prompts.dropout
-            rc, fc = prompts.real, prompts.fake
-            base_ca, base_cv = prompts.base_a, prompts.base_v
-            if part is not None:
-                drop_r, drop_f, rc, fc = drop_r[part], drop_f[part], rc[part], fc[part]
-                base_ca = None if base_ca is None else base_ca[part]
-                base_cv = None if base_cv is None else base_cv[part]
-            from mmdisco.guidance.conditional import BoundCondition
-
-            D_real = BoundCondition(D, rc.to(device), drop_r.to(device))
-            D_fake = BoundCondition(D, fc.to(device), drop_f.to(device))
-        if part is not None:   # this process's rows of the real and of the fake pairs
-            if len(range(n_real)[part]) != len(range(n_fake)[part]) or not len(range(n_real)[part]):
-                raise ValueError(f"part {part} must take as many real as fake pairs, at least one")
-            real_a0, real_v0 = real_a0[part], real_v0[part]
-            fake_a0, fake_v0 = fake_a0[part], fake_v0[part]
-            t_real, t_fake = t_real[part], t_fake[part]
-            noise = [noise[0][part], noise[1][part], noise[2][part], noise[3][part]]
+        D_real, D_fake, base_ca, base_cv = _conditioned(D, prompts, n_real, n_fake, generator,
+                                                        part, device)
+        # this process's rows of the real and of the fake pairs
+        real_a0, real_v0, fake_a0, fake_v0, t_real, t_fake, *noise = _take(
+            part, real_a0, real_v0, fake_a0, fake_v0, t_real, t_fake, *noise)
         real_a = forward_noise(real_a0, t_real, noise[0], alphas_a)
         real_v = forward_noise(real_v0, t_real, noise[1], alphas_v)
         fake_a = forward_noise(fake_a0, t_fake, noise[2], alphas_a)
@@ -126,21 +108,62 @@ class DiscriminatorLoss:
         logit_fake = D_fake(fake_a, fake_v, t_fake)
         bce = (F.binary_cross_entropy_with_logits(logit_real, torch.ones_like(logit_real))
                + F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake)))
-        loss = bce
-        dsm_value = 0.0
-        if self.denoise_weight > 0:
-            with torch.no_grad():
-                eps_a = base_a.eps(real_a, t_real, base_ca)
-                eps_v = base_v.eps(real_v, t_real, base_cv)
-            dsm = (F.mse_loss(eps_a - sigma(alphas_a, t_real, grad_a) * grad_a, noise[0])
-                   + F.mse_loss(eps_v - sigma(alphas_v, t_real, grad_v) * grad_v, noise[1]))
-            loss = bce + self.denoise_weight * dsm
-            dsm_value = float(dsm.detach())
-        stats = {
-            "loss": float(loss.detach()),
-            "bce": float(bce.detach()),
-            "dsm": dsm_value,
-            "acc_real": float((logit_real.detach() > 0).float().mean()),
-            "acc_fake": float((logit_fake.detach() < 0).float().mean()),
-        }
-        return loss, stats
+        if self.denoise_weight == 0:   # plain BCE
+            return bce, _stats(bce, bce, 0.0, logit_real, logit_fake)
+        dsm = (denoising_error(base_a, real_a, t_real, base_ca, grad_a, noise[0], alphas_a)
+               + denoising_error(base_v, real_v, t_real, base_cv, grad_v, noise[1], alphas_v))
+        loss = bce + self.denoise_weight * dsm
+        return loss, _stats(loss, bce, float(dsm.detach()), logit_real, logit_fake)
+
+
+def denoising_error(base: BaseModel, x_t: torch.Tensor, t: torch.Tensor,
+                    cond: torch.Tensor | None, grad: torch.Tensor, noise: torch.Tensor,
+                    alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """One modality's ``L_DSM`` term: ``mean (ε_m(x_t, t) − σ_t ∇ logit D − ε)²``, the frozen
+    base's prediction (with its own prompt embeddings ``cond``) taken without gradient."""
+    with torch.no_grad():
+        eps = base.eps(x_t, t, cond)
+    return F.mse_loss(eps - sigma(alphas_cumprod, t, grad) * grad, noise)
+
+
+def _check_batch(real_a0: torch.Tensor, real_v0: torch.Tensor, fake_a0: torch.Tensor,
+                 fake_v0: torch.Tensor, part: slice | None) -> None:
+    """Refuse unpaired batches, and a ``part`` that takes unequal (or no) real and fake rows."""
+    n_real, n_fake = real_a0.shape[0], fake_a0.shape[0]
+    if n_real != real_v0.shape[0] or n_fake != fake_v0.shape[0]:
+        raise ValueError(f"unpaired batch: real {n_real} audio vs {real_v0.shape[0]} "
+                         f"video, fake {n_fake} audio vs {fake_v0.shape[0]} video")
+    if part is not None and (len(range(n_real)[part]) != len(range(n_fake)[part])
+                             or not len(range(n_real)[part])):
+        raise ValueError(f"part {part} must take as many real as fake pairs, at least one")
+
+
+def _take(part: slice | None, *xs: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """Rows ``part`` of each tensor (``None`` stays ``None``); every row without ``part``."""
+    return [x if part is None or x is None else x[part] for x in xs]
+
+
+def _conditioned(D: nn.Module, prompts: PromptRows | None, n_real: int, n_fake: int,
+                 generator: torch.Generator, part: slice | None, device: torch.device):
+    """``(D_real, D_fake, base_ca, base_cv)``: ``D`` bound to each real and each fake row's
+    prompt with its dropout (drawn for the whole batch, then this share taken), and the bases'
+    own embeddings of the real rows' prompts; ``D`` itself and no embeddings without prompts."""
+    if prompts is None:
+        return D, D, None, None
+    drop_r = torch.rand(n_real, generator=generator, device=generator.device) < prompts.dropout
+    drop_f = torch.rand(n_fake, generator=generator, device=generator.device) < prompts.dropout
+    drop_r, drop_f, rc, fc, base_ca, base_cv = _take(part, drop_r, drop_f, prompts.real,
+                                                     prompts.fake, prompts.base_a, prompts.base_v)
+    return (BoundCondition(D, rc.to(device), drop_r.to(device)),
+            BoundCondition(D, fc.to(device), drop_f.to(device)), base_ca, base_cv)
+
+
+def _stats(loss: torch.Tensor, bce: torch.Tensor, dsm: float, logit_real: torch.Tensor,
+           logit_fake: torch.Tensor) -> dict[str, float]:
+    return {
+        "loss": float(loss.detach()),
+        "bce": float(bce.detach()),
+        "dsm": dsm,
+        "acc_real": float((logit_real.detach() > 0).float().mean()),
+        "acc_fake": float((logit_fake.detach() < 0).float().mean()),
+    }

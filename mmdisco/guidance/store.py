@@ -13,24 +13,26 @@ from mmdisco.io import load_tensors, read_json, save_tensors, write_json
 # one entry per class: a subclass is its own kind (its config has keys its parent lacks)
 KINDS = {"discriminator": Discriminator, "conditional_discriminator": ConditionalDiscriminator,
          "critic": Critic}
+META_FILE = "discriminator.json"
 
 
-def save_discriminator(D: nn.Module, folder: Path) -> None:
-    """Write ``model.safetensors`` and ``discriminator.json`` into ``folder`` (which must exist)."""
-    kind = next((k for k, cls in KINDS.items() if type(D) is cls), None)
+def save_guide(guide: nn.Module, folder: Path) -> None:
+    """Write ``model.safetensors`` and ``discriminator.json`` (its kind and config; the file
+    keeps the name it had before critics were guides too) into ``folder``, which must exist."""
+    kind = next((k for k, cls in KINDS.items() if type(guide) is cls), None)
     if kind is None:
-        raise TypeError(f"cannot save a {type(D).__name__}: a guide is one of "
+        raise TypeError(f"cannot save a {type(guide).__name__}: a guide is one of "
                         f"{', '.join(c.__name__ for c in KINDS.values())}")
-    save_tensors(folder / "model.safetensors", D.state_dict())
-    write_json(folder / "discriminator.json", {"kind": kind, "config": D.config})
+    save_tensors(folder / "model.safetensors", guide.state_dict())
+    write_json(folder / META_FILE, {"kind": kind, "config": guide.config})
 
 
-def load_discriminator(folder: str | Path) -> nn.Module:
-    """The saved discriminator in eval mode with gradients off for its parameters."""
+def load_guide(folder: str | Path) -> nn.Module:
+    """The saved guide (of the kind it was saved as) in eval mode, its parameters frozen."""
     folder = Path(folder)
-    meta = read_json(folder / "discriminator.json")
+    meta = read_json(folder / META_FILE)
     if meta.get("kind") not in KINDS:
-        raise ValueError(f"{folder / 'discriminator.json'}: unknown kind {meta.get('kind')!r}")
-    D = KINDS[meta["kind"]](**meta["config"])
-    D.load_state_dict(load_tensors(folder / "model.safetensors"))
-    return D.eval().requires_grad_(False)
+        raise ValueError(f"{folder / META_FILE}: unknown kind {meta.get('kind')!r}")
+    guide = KINDS[meta["kind"]](**meta["config"])
+    guide.load_state_dict(load_tensors(folder / "model.safetensors"))
+    return guide.eval().requires_grad_(False)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -29,10 +30,13 @@ import torch
 from torch import nn
 
 from mmdisco import checkpoint
-from mmdisco.loop import Schedule, train_loop
 from mmdisco.bases.protocol import BaseModel, check_pair
-from mmdisco.config import TrainConfig, to_dict
-from mmdisco.guidance.loss import DiscriminatorLoss, forward_noise
+from mmdisco.config import DiscriminatorConfig, TrainConfig, to_dict
+from mmdisco.guidance.conditional import ConditionalDiscriminator
+from mmdisco.guidance.discriminator import Discriminator
+from mmdisco.guidance.loss import DiscriminatorLoss, PromptRows, forward_noise
+from mmdisco.loop import (Checkpoints, Schedule, Trainer, batch_share, run_summary, seeded,
+                          train_loop)
 
 EVAL_TIMESTEPS = (100, 300, 500, 700, 900)
 
@@ -99,23 +103,9 @@ class Conditions:
 
     def rows(self, real_prompt: torch.Tensor, fake_prompt: torch.Tensor):
         """The ``PromptRows`` of a batch, from its real and negative pairs' prompt indices."""
-        from mmdisco.guidance.loss import PromptRows
-
         pick = (lambda table: None if table is None else table[real_prompt])
         return PromptRows(self.joint[real_prompt], self.joint[fake_prompt], self.dropout,
                           pick(self.base_a), pick(self.base_v))
-
-
-def _share(accelerator, batch_size: int) -> tuple[int, int, slice | None]:
-    """``(world, rank, part)``: this process's rows of each global batch (``None``: all)."""
-    if accelerator is None or accelerator.num_processes == 1:
-        return 1, 0, None
-    world, rank = accelerator.num_processes, accelerator.process_index
-    if batch_size % world:
-        raise ValueError(f"batch_size ({batch_size}) must be a multiple of the {world} processes, "
-                         f"so that each takes an equal share of every global batch")
-    per = batch_size // world
-    return world, rank, slice(rank * per, (rank + 1) * per)
 
 
 @torch.no_grad()
@@ -144,6 +134,75 @@ def heldout_accuracy(D: nn.Module, base_a: BaseModel, base_v: BaseModel,
     return out
 
 
+def new_discriminator(cfg: DiscriminatorConfig, audio_shape: tuple[int, ...],
+                      video_shape: tuple[int, ...], seed: int,
+                      cond_dim: int | None = None) -> Discriminator:
+    """A ``Discriminator`` of ``cfg``'s size (with ``cond_dim``, a ``ConditionalDiscriminator``),
+    initialised from ``seed``, the global RNG left untouched."""
+    kw = dict(audio_shape=tuple(audio_shape), video_shape=tuple(video_shape), width=cfg.width,
+              time_dim=cfg.time_dim, head_hidden=cfg.head_hidden)
+    if cond_dim is None:
+        return seeded(seed, lambda: Discriminator(**kw))
+    return seeded(seed, lambda: ConditionalDiscriminator(cond_dim=cond_dim, **kw))
+
+
+def _check_data(cfg: TrainConfig, real_a: torch.Tensor, real_v: torch.Tensor,
+                fake_a: torch.Tensor, fake_v: torch.Tensor, conditions: Conditions | None) -> None:
+    """Refuse unpaired data, prompt indices that are not one per pair, too few clips."""
+    if len(real_a) != len(real_v) or len(fake_a) != len(fake_v):
+        raise ValueError("real audio/video and fake audio/video must have matching counts")
+    if conditions is not None and (len(conditions.real) != len(real_a)
+                                   or len(conditions.fake) != len(fake_a)):
+        raise ValueError(f"conditions hold {len(conditions.real)} real and {len(conditions.fake)} "
+                         f"fake prompt indices for {len(real_a)} real clips and {len(fake_a)} "
+                         f"fakes; give one per pair")
+    if len(real_a) <= cfg.heldout + cfg.batch_size // 2:
+        raise ValueError(f"train.heldout ({cfg.heldout}) leaves too few real clips "
+                         f"({len(real_a)}) to train on; lower train.heldout")
+
+
+@dataclass
+class _Split:
+    """The discriminator's training pairs (real clips, fakes, their prompt indices with
+    ``conditions``) and its held-out pairs (the ``heldout_accuracy`` arguments)."""
+
+    real_a: torch.Tensor
+    real_v: torch.Tensor
+    fake_a: torch.Tensor
+    fake_v: torch.Tensor
+    real_prompt: torch.Tensor | None
+    fake_prompt: torch.Tensor | None
+    held: dict
+
+
+def _split(cfg: TrainConfig, seed: int, real_a: torch.Tensor, real_v: torch.Tensor,
+           fake_a: torch.Tensor, fake_v: torch.Tensor, conditions: Conditions | None) -> _Split:
+    """``train.heldout`` real clips (a seeded draw) and as many of the first fakes (at most a
+    quarter of the bank) held out for accuracy checks; the rest to train on."""
+    order = torch.randperm(len(real_a), generator=torch.Generator().manual_seed(seed))
+    held, train_idx = order[: cfg.heldout], order[cfg.heldout:]
+    n_fake_held = min(cfg.heldout, len(fake_a) // 4)
+    held_pairs = dict(real_a=real_a[held], real_v=real_v[held], fake_a=fake_a[:n_fake_held],
+                      fake_v=fake_v[:n_fake_held])
+    real_prompt = fake_prompt = None
+    if conditions is not None:
+        held_pairs.update(real_cond=conditions.joint[conditions.real[held]],
+                          fake_cond=conditions.joint[conditions.fake[:n_fake_held]])
+        real_prompt, fake_prompt = conditions.real[train_idx], conditions.fake[n_fake_held:]
+    return _Split(real_a[train_idx], real_v[train_idx], fake_a[n_fake_held:],
+                  fake_v[n_fake_held:], real_prompt, fake_prompt, held_pairs)
+
+
+def _fingerprint(split: _Split, real_a: torch.Tensor, real_v: torch.Tensor, cfg: TrainConfig,
+                 seed: int, D: nn.Module, conditions: Conditions | None) -> str:
+    """What a checkpoint must have been made from to be resumed (the training fakes only)."""
+    return checkpoint.fingerprint(real_a, real_v, split.fake_a, split.fake_v, to_dict(cfg), seed,
+                                  getattr(D, "config", None),
+                                  *(() if conditions is None else
+                                    (conditions.joint, conditions.real, conditions.fake,
+                                     conditions.dropout)))
+
+
 def train_discriminator(D: nn.Module, base_a: BaseModel, base_v: BaseModel, *,
                         real_a: torch.Tensor, real_v: torch.Tensor,
                         fake_a: torch.Tensor, fake_v: torch.Tensor, cfg: TrainConfig,
@@ -165,68 +224,40 @@ def train_discriminator(D: nn.Module, base_a: BaseModel, base_v: BaseModel, *,
     ``stopped_at`` and no held-out figures); a later call resumes.
     """
     check_pair(base_a, base_v)
-    world, _, part = _share(accelerator, cfg.batch_size)
+    _, _, part = batch_share(accelerator, cfg.batch_size)
     device = torch.device(device or "cpu") if accelerator is None else accelerator.device
     D.to(device)
-    if len(real_a) != len(real_v) or len(fake_a) != len(fake_v):
-        raise ValueError("real audio/video and fake audio/video must have matching counts")
-    if conditions is not None and (len(conditions.real) != len(real_a)
-                                   or len(conditions.fake) != len(fake_a)):
-        raise ValueError(f"conditions hold {len(conditions.real)} real and {len(conditions.fake)} "
-                         f"fake prompt indices for {len(real_a)} real clips and {len(fake_a)} "
-                         f"fakes; give one per pair")
-    if len(real_a) <= cfg.heldout + cfg.batch_size // 2:
-        raise ValueError(f"train.heldout ({cfg.heldout}) leaves too few real clips "
-                         f"({len(real_a)}) to train on; lower train.heldout")
+    _check_data(cfg, real_a, real_v, fake_a, fake_v, conditions)
     started = time.perf_counter()
     # 1. split: hold out real clips and fakes for accuracy checks
-    split = torch.randperm(len(real_a), generator=torch.Generator().manual_seed(seed))
-    held, train_idx = split[: cfg.heldout], split[cfg.heldout:]
-    n_fake_held = min(cfg.heldout, len(fake_a) // 4)
-    held_fake = (fake_a[:n_fake_held], fake_v[:n_fake_held])
-    fake_a, fake_v = fake_a[n_fake_held:], fake_v[n_fake_held:]
-    tr_a, tr_v = real_a[train_idx], real_v[train_idx]
-    held_cond: dict[str, torch.Tensor] = {}
-    tr_p = fk_p = None
-    if conditions is not None:
-        held_cond = {"real_cond": conditions.joint[conditions.real[held]],
-                     "fake_cond": conditions.joint[conditions.fake[:n_fake_held]]}
-        tr_p, fk_p = conditions.real[train_idx], conditions.fake[n_fake_held:]
-    # 2. optimiser, generator, resume
+    data = _split(cfg, seed, real_a, real_v, fake_a, fake_v, conditions)
+    # 2. loss, optimiser, generator (every draw of the loop from it)
     loss_fn = DiscriminatorLoss(cfg.denoise_weight)
     opt = torch.optim.AdamW(D.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(seed)
-    fp = checkpoint.fingerprint(real_a, real_v, fake_a, fake_v, to_dict(cfg), seed,
-                                getattr(D, "config", None),
-                                *(() if conditions is None else
-                                  (conditions.joint, conditions.real, conditions.fake,
-                                   conditions.dropout)))
 
     def step_fn(model: nn.Module):
-        idx = torch.randint(len(tr_a), (cfg.batch_size,), generator=gen)   # the global batch,
-        neg_a, neg_v, neg_p = negative_batch(cfg, tr_a, tr_v, fake_a, fake_v, cfg.batch_size,
-                                             gen, real_prompt=tr_p, fake_prompt=fk_p)
-        rows = None if conditions is None else conditions.rows(tr_p[idx], neg_p)
-        batch = [x.to(device) for x in (tr_a[idx], tr_v[idx], neg_a, neg_v)]
+        idx = torch.randint(len(data.real_a), (cfg.batch_size,), generator=gen)  # global batch,
+        neg_a, neg_v, neg_p = negative_batch(cfg, data.real_a, data.real_v, data.fake_a,
+                                             data.fake_v, cfg.batch_size, gen,
+                                             real_prompt=data.real_prompt,
+                                             fake_prompt=data.fake_prompt)
+        rows = None if conditions is None else conditions.rows(data.real_prompt[idx], neg_p)
+        batch = [x.to(device) for x in (data.real_a[idx], data.real_v[idx], neg_a, neg_v)]
         return loss_fn(model, base_a, base_v, *batch, gen, part=part,   # this share of it
                        prompts=rows)
 
     def evaluate() -> dict[str, float]:
-        return heldout_accuracy(D, base_a, base_v, real_a[held], real_v[held], *held_fake,
-                                seed=seed + 1, **held_cond)
+        return heldout_accuracy(D, base_a, base_v, **data.held, seed=seed + 1)
 
     # 3. the loop (resume, data parallelism, logging, checkpoints: mmdisco.loop)
     result = train_loop(
-        name="discriminator", model=D, opt=opt, generator=gen, checkpoint_dir=checkpoint_dir,
-        fingerprint=fp, lr_key="train.lr", accelerator=accelerator, log=log,
-        lr_at=lambda step: cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)),
-        schedule=Schedule(cfg.steps, cfg.log_every, cfg.checkpoint_every, cfg.eval_every,
-                          cfg.grad_clip),
-        step_fn=step_fn, evaluate=evaluate, reduce_stats=True, stop_at=stop_at)
-    if result.stopped:
-        return {"steps": cfg.steps, "stopped_at": result.step, "resumed_from": result.resumed_from,
-                "wall_s": time.perf_counter() - started}
-    last_eval = result.last_eval or evaluate()   # resumed at the end: compute them again
-    return {"steps": cfg.steps, "resumed_from": result.resumed_from,
-            "wall_s": time.perf_counter() - started,
-            "num_parameters": sum(p.numel() for p in D.parameters()), **last_eval}
+        Trainer(name="discriminator", model=D, opt=opt, lr_key="train.lr", step_fn=step_fn,
+                lr_at=lambda step: cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)),
+                evaluate=evaluate, reduce_stats=True),
+        Schedule(cfg.steps, cfg.log_every, cfg.checkpoint_every, cfg.eval_every, cfg.grad_clip,
+                 stop_at=stop_at),
+        Checkpoints(checkpoint_dir, _fingerprint(data, real_a, real_v, cfg, seed, D, conditions),
+                    gen),
+        accelerator=accelerator, log=log)
+    return run_summary(result, steps=cfg.steps, started=started, model=D, evaluate=evaluate)
