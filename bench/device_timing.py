@@ -26,9 +26,10 @@ from mmdisco.bases.train import diffusion_loss
 from mmdisco.config import load_params
 from mmdisco.guidance.critic import info_nce
 from mmdisco.guidance.loss import DiscriminatorLoss, forward_noise
-from mmdisco.guidance.sampler import modality_generators, sample_joint
-from mmdisco.guidance.store import load_discriminator
+from mmdisco.guidance.sampler import Guide, SamplerSettings, StepTimer, sample_joint
+from mmdisco.guidance.store import load_guide
 from mmdisco.io import load_tensors
+from mmdisco.seeds import modality_generators
 
 
 def sync(device: torch.device) -> None:
@@ -78,8 +79,8 @@ def main() -> None:
     steps = args.steps or params.sample.steps
     base_a = load_base(proj / "models/base_audio").to(device).eval()
     base_v = load_base(proj / "models/base_video").to(device).eval()
-    D = load_discriminator(proj / "models/discriminator").to(device)
-    C = load_discriminator(proj / "models/critic").to(device)
+    D = load_guide(proj / "models/discriminator").to(device)
+    C = load_guide(proj / "models/critic").to(device)
     g = params.guidance
     s_a, s_v = g.scales
     c_a, c_v = g.critic_scales
@@ -89,16 +90,16 @@ def main() -> None:
 
     # ---- sampling
     last = {}
+    settings = SamplerSettings(steps=steps, kind=params.sample.kind, eta=params.sample.eta)
 
     def sampler(guided: bool):
         def run():
-            _, _, timing = sample_joint(
-                base_a, base_v, D if guided else None, num_samples=args.batch, steps=steps,
-                generators=modality_generators(0), kind=params.sample.kind, eta=params.sample.eta,
-                scale_a=s_a if guided else 0.0, scale_v=s_v if guided else 0.0,
-                critic=C if guided else None, critic_scales=(c_a, c_v) if guided else (0.0, 0.0),
-                device=device)
-            last[guided] = timing
+            timer = StepTimer()
+            sample_joint(base_a, base_v, settings,
+                         guides=[Guide(D, s_a, s_v), Guide(C, c_a, c_v)] if guided else [],
+                         num_samples=args.batch, generators=modality_generators(0), device=device,
+                         timer=timer)
+            last[guided] = timer
         return run
 
     for guided in (False, True):
@@ -108,8 +109,8 @@ def main() -> None:
         name = "guided" if guided else "independent"
         report[f"sample_{name}"] = {
             "seconds": t, "per_step_s": t / steps, "per_pair_ms": 1000 * t / args.batch,
-            "base_passes": timing["base_passes"], "guidance_passes": timing["guidance_passes"],
-            "base_s": timing["base_s"], "guidance_s": timing["guidance_s"]}
+            "base_passes": timing.base_passes, "guidance_passes": timing.guidance_passes,
+            "base_s": timing.base_s, "guidance_s": timing.guidance_s}
         print(f"sample {name:12s} {t:8.3f} s  {1000 * t / steps:8.2f} ms/step  "
               f"{1000 * t / args.batch:7.3f} ms/pair")
     report["guided_over_independent"] = (report["sample_guided"]["seconds"]

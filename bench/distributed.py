@@ -7,7 +7,7 @@
 Bases are built from params.yaml's `base.*.model` with random weights (sampling cost does not
 depend on training) and saved to a temp folder; each setting is one `torchrun --standalone`
 launch of this file (`--worker`), which loads them, waits at a barrier, and times
-`stages.sample_fakes.fake_bank` alone (launch, imports and loading excluded), after one
+`mmdisco.guidance.bank.fake_bank` alone (launch, imports and loading excluded), after one
 warm-up batch. Settings: 1 process × 1 thread and 2 processes × 1 thread (`--with-threads`
 adds 1 process × 2 threads: on cores shared with other jobs torch's spinning threads make it
 many times SLOWER, the reason for `MMDISCO_THREADS=1`). It also checks that the banks of all
@@ -71,17 +71,19 @@ def worker(args) -> None:
     torch.set_num_threads(args.threads)
     from mmdisco import distributed as dist
     from mmdisco.bases import load_base
-    from stages.sample_fakes import fake_bank
+    from mmdisco.guidance.bank import fake_bank
+    from mmdisco.guidance.sampler import SamplerSettings
 
     base_a, base_v = load_base(args.worker / "audio"), load_base(args.worker / "video")
-    kw = dict(num_pairs=args.pairs, steps=args.steps, batch_size=args.batch_size, eta=1.0, seed=0)
+    settings = SamplerSettings(steps=args.steps, eta=1.0)
+    kw = dict(num_pairs=args.pairs, batch_size=args.batch_size, seed=0)
     if args.warmup:
-        fake_bank(base_a, base_v, **{**kw, "num_pairs": min(args.batch_size, args.pairs)})
+        fake_bank(base_a, base_v, settings, **{**kw, "num_pairs": min(args.batch_size, args.pairs)})
     seconds = []
     for _ in range(args.repeats):
         dist.barrier()
         start = time.perf_counter()
-        audio, video, _ = fake_bank(base_a, base_v, **kw)
+        audio, video, _ = fake_bank(base_a, base_v, settings, **kw)
         dist.barrier()
         seconds.append(time.perf_counter() - start)
     if dist.is_main():

@@ -25,13 +25,14 @@ import yaml
 
 from mmdisco.bases import load_base
 from mmdisco.config import GuidanceConfig, build, load_params, to_dict
-from mmdisco.data.clips import load_clips
+from mmdisco.data.shards import load_clips
 from mmdisco.eval.frechet import WorldAudioFeatures, WorldVideoFeatures, frechet_distance
 from mmdisco.encoders import encoder_from_state
 from mmdisco.eval.metrics import evaluate_clips
-from mmdisco.guidance.sampler import modality_generators, sample_joint
-from mmdisco.guidance.store import load_discriminator
+from mmdisco.guidance.sampler import Guide, SamplerSettings, StepTimer, sample_joint
+from mmdisco.guidance.store import load_guide
 from mmdisco.io import load_tensors, read_json
+from mmdisco.seeds import modality_generators
 
 COLUMNS = ("validity_audio", "validity_video", "semantic_agreement", "temporal_f1", "aligned_fraction",
            "class_balance_audio", "class_balance_video", "fd_audio", "fd_video")
@@ -64,9 +65,9 @@ def main() -> None:
     proj = args.project
     params = load_params(proj / "params.yaml")
     base_a, base_v = load_base(proj / "models/base_audio"), load_base(proj / "models/base_video")
-    D = load_discriminator(proj / args.discriminator)
+    D = load_guide(proj / args.discriminator)
     critic_dir = proj / args.critic
-    C = load_discriminator(critic_dir) if (critic_dir / "discriminator.json").is_file() else None
+    C = load_guide(critic_dir) if (critic_dir / "discriminator.json").is_file() else None
     enc = read_json(proj / "data/latents/encoders.json")
     mel, pixels = encoder_from_state(enc["audio"]), encoder_from_state(enc["video"])
     common = dict(mel_hz=mel.mel_frequencies().numpy(), mel_frame_rate=mel.frame_rate,
@@ -91,20 +92,21 @@ def main() -> None:
             raise SystemExit(f"recipe {name}: critic weights set but no critic in {critic_dir}")
         rows = []
         for seed in seeds:
-            t0 = time.perf_counter()
-            a, v, timing = sample_joint(
-                base_a, base_v, D, num_samples=args.samples, generators=modality_generators(seed),
+            t0, timer = time.perf_counter(), StepTimer()
+            settings = SamplerSettings(
                 steps=sampler.get("steps", params.sample.steps), kind=sampler.get("kind", params.sample.kind),
-                eta=sampler.get("eta", params.sample.eta), scale_a=g.scales[0], scale_v=g.scales[1],
-                critic=C, critic_scales=(c_a, c_v), restarts=g.restarts,
-                restart_steps=g.restart_steps, batch_size=params.sample.batch_size)
+                eta=sampler.get("eta", params.sample.eta), restarts=g.restarts,
+                restart_steps=g.restart_steps)
+            a, v = sample_joint(base_a, base_v, settings, guides=[Guide(D, *g.scales), Guide(C, c_a, c_v)],
+                                num_samples=args.samples, generators=modality_generators(seed),
+                                batch_size=params.sample.batch_size, timer=timer)
             wall = time.perf_counter() - t0
             videos, mel_db = pixels.decode(v).numpy(), mel.to_db(a).numpy()
             m = evaluate_clips(videos, mel_db, shuffle=False, **common)
             m["fd_audio"] = frechet_distance(real_fa, fx_a(mel_db))["fd"]
             m["fd_video"] = frechet_distance(real_fv, fx_v(videos))["fd"]
             rows.append({**{c: m[c] or 0.0 for c in COLUMNS}, "time_s": wall,
-                         "passes": timing["base_passes"] + timing["guidance_passes"]})
+                         "passes": timer.base_passes + timer.guidance_passes})
         mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
         spread = {k: float(np.ptp([r[k] for r in rows])) for k in COLUMNS}
         report[name] = {"guidance": to_dict(g), "sampler": sampler, "mean": mean, "spread": spread,

@@ -22,7 +22,7 @@ sampling    ``sample_joint`` at one batch of ``--batch`` pairs and ``--steps`` s
             One short warm-up run per configuration, then the median of ``--repeats`` runs:
             seconds per step, ratio to the unguided step, and seconds per base pass (one
             modality's ε) and per guidance pass (one module's forward + input gradient) from
-            the sampler's own timing dict.
+            the sampler's StepTimer.
 parameters  parameter counts of both bases, the discriminator and the critic, and their ratios.
 clips       ``extract_clips`` on the first ``--files`` media files of ``data/raw`` (with the
             project's ``data.clip`` params, at its worker count and at 1 worker) against plain
@@ -229,12 +229,12 @@ def project_params(proj: Path):
 def load_models(proj: Path) -> dict[str, Any]:
     """Bases, discriminator and (when the folder has one) critic of a trained project."""
     from mmdisco.bases import load_base
-    from mmdisco.guidance.store import load_discriminator
+    from mmdisco.guidance.store import load_guide
     models = {"base_audio": load_base(proj / "models/base_audio"),
               "base_video": load_base(proj / "models/base_video"),
-              "discriminator": load_discriminator(proj / "models/discriminator")}
+              "discriminator": load_guide(proj / "models/discriminator")}
     if (proj / "models/critic/discriminator.json").is_file():
-        models["critic"] = load_discriminator(proj / "models/critic")
+        models["critic"] = load_guide(proj / "models/critic")
     return models
 
 
@@ -290,8 +290,9 @@ def print_pipeline(res: dict) -> None:
 
 
 # --------------------------------------------------------------------------- sampling
-def _guide_configs(models: dict, guidance) -> tuple[dict[str, dict], dict]:
-    """The sampler arguments of each configuration, and the scales used."""
+def _guide_configs(models: dict, guidance) -> tuple[dict[str, list], dict]:
+    """The guides of each configuration, and the scales used."""
+    from mmdisco.guidance.sampler import Guide   # mmdisco is importable once ROOT is on sys.path
     s_a, s_v = guidance.scales
     if s_a == 0 and s_v == 0:
         s_a = s_v = 1.0
@@ -299,45 +300,46 @@ def _guide_configs(models: dict, guidance) -> tuple[dict[str, dict], dict]:
     if c_a == 0 and c_v == 0:
         c_a, c_v = 1.0, 0.0
     D, C = models["discriminator"], models.get("critic")
-    configs = {"unguided": dict(D=None, scale_a=0.0, scale_v=0.0),
-               "discriminator": dict(D=D, scale_a=s_a, scale_v=s_v)}
+    configs = {"unguided": [], "discriminator": [Guide(D, s_a, s_v)]}
     if C is not None:
-        configs["critic"] = dict(D=None, scale_a=0.0, scale_v=0.0, critic=C, critic_scales=(c_a, c_v))
-        configs["discriminator+critic"] = dict(D=D, scale_a=s_a, scale_v=s_v, critic=C,
-                                               critic_scales=(c_a, c_v))
+        configs["critic"] = [Guide(C, c_a, c_v)]
+        configs["discriminator+critic"] = [Guide(D, s_a, s_v), Guide(C, c_a, c_v)]
     return configs, {"discriminator": [s_a, s_v], "critic": [c_a, c_v] if C is not None else None}
 
 
 def measure_sampling(models: dict, params, *, batch: int = 256, steps: int = 5, repeats: int = 3,
                      warmup_steps: int = 2, seed: int = 0, rss_interval: float = 0.01) -> dict:
     """Per-step time of ``sample_joint`` per guidance configuration (median of ``repeats``)."""
-    from mmdisco.guidance.sampler import modality_generators, sample_joint
+    from mmdisco.guidance.sampler import SamplerSettings, StepTimer, sample_joint
+    from mmdisco.seeds import modality_generators
     configs, scales = _guide_configs(models, params.guidance)
-    common = dict(num_samples=batch, batch_size=batch, kind=params.sample.kind, eta=params.sample.eta)
     rows: dict[str, dict] = {}
-    for name, cfg in configs.items():
-        D = cfg.pop("D")
+    for name, guides in configs.items():
 
-        def run(n: int, D=D, cfg=cfg):
-            return sample_joint(models["base_audio"], models["base_video"], D,
-                                generators=modality_generators(seed), steps=n, **common, **cfg)
+        def run(n: int, guides=guides) -> StepTimer:
+            timer = StepTimer()
+            sample_joint(models["base_audio"], models["base_video"],
+                         SamplerSettings(steps=n, kind=params.sample.kind, eta=params.sample.eta),
+                         guides=guides, num_samples=batch, batch_size=batch,
+                         generators=modality_generators(seed), timer=timer)
+            return timer
 
         if warmup_steps > 0:
             run(warmup_steps)
         runs = []
         with PeakRSS(rss_interval) as mem:
             for _ in range(repeats):
-                runs.append(run(steps)[2])
+                runs.append(run(steps))
         med = statistics.median
-        step_s = [t["total_s"] / steps for t in runs]
+        step_s = [t.total_s / steps for t in runs]
         row = {"step_s": med(step_s), "step_s_runs": [round(x, 4) for x in step_s],
-               "base_pass_s": med([t["base_s"] / t["base_passes"] for t in runs]),
-               "base_passes_per_step": runs[0]["base_passes"] / steps,
-               "guidance_passes_per_step": runs[0]["guidance_passes"] / steps,
-               "scheduler_step_s": med([t["step_s"] / steps for t in runs])}
-        if runs[0]["guidance_passes"]:
-            row["guidance_pass_s"] = med([t["guidance_s"] / t["guidance_passes"] for t in runs])
-            row["guidance_s_per_step"] = med([t["guidance_s"] / steps for t in runs])
+               "base_pass_s": med([t.base_s / t.base_passes for t in runs]),
+               "base_passes_per_step": runs[0].base_passes / steps,
+               "guidance_passes_per_step": runs[0].guidance_passes / steps,
+               "scheduler_step_s": med([t.step_s / steps for t in runs])}
+        if runs[0].guidance_passes:
+            row["guidance_pass_s"] = med([t.guidance_s / t.guidance_passes for t in runs])
+            row["guidance_s_per_step"] = med([t.guidance_s / steps for t in runs])
         row["memory"] = mem.result
         rows[name] = row
         print(f"  sampling {name:22s} {row['step_s']:.3f} s/step", flush=True)

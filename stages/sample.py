@@ -18,102 +18,46 @@ MLflow run hold the texts.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import click
-import torch
 
 from mmdisco import distributed as dist
 from mmdisco import tracking
-from mmdisco.config import to_dict
-from mmdisco.encoders import encoder_from_state
-from mmdisco.eval.sheets import contact_sheet, save_png, write_pairs
-from mmdisco.guidance.conditional import CFGGuide, ConditionalDiscriminator, joint_condition
-from mmdisco.guidance.sampler import item_seeds, sample_joint
-from mmdisco.guidance.store import load_discriminator
-from mmdisco.io import atomic_path, read_json, save_tensors, write_json
+from mmdisco.config import Params, to_dict
+from mmdisco.guidance.sampler import Guide, SamplerSettings, StepTimer
+from mmdisco.guidance.sample_set import SetPrompts, sample_prompts, sharded_joint, write_set
+from mmdisco.guidance.store import load_guide
+from mmdisco.io import atomic_path, read_json, write_json
 from mmdisco.seeds import stage_seed
 from stages.bases import load_bases
 from stages.common import load, params_option, user_errors
 
 
-def sharded_joint(base_a, base_v, D, *, num_samples: int, batch_size: int, seed: int,
-                  prompts: dict | None = None, device: str | torch.device = "cpu", **kw) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """``sample_joint`` with per-item seeds over this process's share of the batches; every
-    process gets all samples in item order. Timing: the batches' seconds and passes summed
-    over processes, ``total_s`` the wall-clock time of the whole call.
-
-    ``prompts``: per-sample rows ``audio``, ``video`` (the bases' embeddings) and ``joint`` (the
-    discriminator's condition), with ``weights`` (the bases' CFG weights): a conditional ``D``
-    guides through ``CFGGuide`` on each batch's rows."""
-    seeds, start = item_seeds(seed, num_samples), time.perf_counter()
-    device = dist.device(device)
-
-    def batch(lo: int, hi: int):
-        guide, cond = D, {}
-        if prompts is not None:
-            cond = {"cond_a": prompts["audio"][lo:hi], "cond_v": prompts["video"][lo:hi]}
-            if isinstance(D, ConditionalDiscriminator):
-                guide = CFGGuide(D, prompts["joint"][lo:hi].to(device), prompts["weights"])
-        a, v, timing = sample_joint(base_a, base_v, guide, num_samples=hi - lo,
-                                    item_seeds=seeds[lo:hi], device=device, **cond, **kw)
-        return (a.cpu(), v.cpu()), timing
-
-    (a, v), timings = dist.map_batches(batch, num_samples, batch_size)
-    timing = {k: sum(t[k] for t in timings) for k in timings[0]}
-    timing["total_s"] = time.perf_counter() - start
-    return a, v, timing
+def _guides(params: Params, guided: bool, discriminator: Path, critic: Path,
+            folders: dict[str, Path]) -> tuple[Guide, Guide]:
+    """The discriminator's and the critic's guides, adding the folders loaded to ``folders``.
+    The baseline has both off and reads nothing of guidance.* (its stage does not depend on it)."""
+    if not guided:
+        return Guide(None, 0.0, 0.0), Guide(None, 0.0, 0.0)
+    g, device = params.guidance, dist.device(params.device)
+    folders["discriminator"] = discriminator
+    D = Guide(dist.to_device(load_guide(discriminator), device), *g.scales)
+    if not any(g.critic_scales):
+        return D, Guide(None, *g.critic_scales)
+    folders["critic"] = critic
+    return D, Guide(dist.to_device(load_guide(critic), device), *g.critic_scales)
 
 
-def per_pass_cost(timing: dict) -> dict:
-    """Seconds per base pass and per guidance pass (forward + input gradient of a guide) and,
-    when guided, the cost of a guided step over an unguided one, all from ONE run's timings:
-    a step is 2 base passes (+ one pass per guiding module when guided)."""
-    out = {"total_s": round(timing["total_s"], 3),
-           "base_pass_s": timing["base_s"] / max(timing["base_passes"], 1),
-           "base_passes": timing["base_passes"], "guidance_passes": timing["guidance_passes"]}
-    if timing["guidance_passes"]:
-        out["guidance_pass_s"] = timing["guidance_s"] / timing["guidance_passes"]
-        per_step = timing["guidance_passes"] / (timing["base_passes"] / 2)
-        out["guided_step_cost_ratio"] = (2 * out["base_pass_s"] + per_step * out["guidance_pass_s"]
-                                         ) / (2 * out["base_pass_s"])
-    return out
-
-
-def sample_prompts(table, cfg, n: int, heldout: int, split_seed: int) -> tuple[list[str], list[int]]:
-    """``(prompts, prompt_of)``: the prompt list and, for each of ``n`` pairs, its index in it.
-
-    ``cfg.prompts`` when given; else the captions of the clips that `train_discriminator` holds
-    out (its split: ``randperm`` from its seed, the first ``heldout``), empty captions left out.
-    The list is cycled over the pairs."""
-    if cfg.prompts:
-        prompts = list(cfg.prompts)
-    else:
-        split = torch.randperm(len(table.clip_prompt),
-                               generator=torch.Generator().manual_seed(split_seed))[:heldout]
-        prompts = [c for c in (table.prompts[i] for i in table.clip_prompt[split].tolist()) if c]
-        if not prompts:
-            raise ValueError("the held-out clips have no captions; give sample.prompts")
-    return prompts, [i % len(prompts) for i in range(n)]
-
-
-def write_set(folder: Path, a: torch.Tensor, v: torch.Tensor, *, encoders: dict, media: int,
-              name: str, names: list[str] | None = None) -> None:
-    """Latents, the first ``media`` pairs as mp4 with sound, and a contact sheet."""
-    folder.mkdir()
-    save_tensors(folder / "audio.safetensors", {"latents": a})
-    save_tensors(folder / "video.safetensors", {"latents": v})
-    k = min(media, len(a))
-    if k:
-        mel, pixels = encoder_from_state(encoders["audio"]), encoder_from_state(encoders["video"])
-        videos, mel_db = pixels.decode(v[:k]).numpy(), mel.to_db(a[:k]).numpy()
-        with torch.no_grad():
-            sound = mel.decode(a[:k]).numpy()
-        write_pairs(folder / "media", videos, sound, fps=encoders["fps"],
-                    sample_rate=encoders["sample_rate"], prefix=name,
-                    names=None if names is None else names[:k])
-        save_png(folder / "sheet.png", contact_sheet(videos, mel_db))
+def _prompts(params: Params, table) -> SetPrompts | None:
+    """With ``condition: caption``, every pair's prompt: ``sample.prompts`` cycled, or by default
+    the captions of the clips that `train_discriminator` holds out (its split seed)."""
+    if table is None:
+        return None
+    texts, prompt_of = sample_prompts(table, params.sample.prompts, params.sample.num_samples,
+                                      params.train.heldout,
+                                      stage_seed(params.seed, "train_discriminator"))
+    return SetPrompts.from_table(table, texts, prompt_of, (params.cfg.audio, params.cfg.video))
 
 
 def _run_ids(folders: dict[str, Path]) -> dict[str, str | None]:
@@ -148,63 +92,40 @@ def main(params_path: Path, which: str, latents_dir: Path, audio_base: Path, vid
     """Sample guided pairs, or the independent baseline from the same noise (guidance.*,
     sample.*)."""
     params = load(params_path)
-    cfg, g = params.sample, params.guidance
+    cfg, guided = params.sample, which == "guided"
     out = out or Path("data/samples") / which
-    guided = which == "guided"
     metrics_path = metrics_path or Path("metrics/sample.json" if guided else
                                         "metrics/sample_baseline.json")
-    device = dist.device(params.device)
     base_a, base_v, table = load_bases(params, audio_base, video_base, latents_dir)
     folders = {"audio_base": audio_base, "video_base": video_base}
-    D = C = None
-    (s_a, s_v), (c_a, c_v) = (g.scales, g.critic_scales) if guided else ((0.0, 0.0), (0.0, 0.0))
-    if guided:
-        D = dist.to_device(load_discriminator(discriminator), device)
-        folders["discriminator"] = discriminator
-        if c_a or c_v:
-            C = dist.to_device(load_discriminator(critic), device)
-            folders["critic"] = critic
-    enc = read_json(latents_dir / "encoders.json")
+    d, c = _guides(params, guided, discriminator, critic, folders)
+    enc, prompts, timer = read_json(latents_dir / "encoders.json"), _prompts(params, table), StepTimer()
+    restarts = (params.guidance.restarts, params.guidance.restart_steps) if guided else (0, 0)
+    settings = SamplerSettings(cfg.steps, cfg.kind, cfg.eta, *restarts)
     # one seed for both sets: pair i of the baseline and of the guided set start from the
     # same noise, so each guided pair has a baseline twin
-    # the baseline reads nothing of guidance.* (its stage does not depend on it)
-    restarts, restart_steps = (g.restarts, g.restart_steps) if guided else (0, 0)
-    prompts = prompt_list = prompt_of = None
-    if table is not None:
-        prompt_list, prompt_of = sample_prompts(table, cfg, cfg.num_samples, params.train.heldout,
-                                                stage_seed(params.seed, "train_discriminator"))
-        rows = table.index(prompt_list)[torch.tensor(prompt_of)]
-        cond_a, cond_v = table.embeddings("audio", rows), table.embeddings("video", rows)
-        prompts = {"audio": cond_a, "video": cond_v, "joint": joint_condition(cond_a, cond_v),
-                   "weights": (params.cfg.audio, params.cfg.video)}
-    a, v, timing = sharded_joint(base_a, base_v, D, scale_a=s_a, scale_v=s_v, critic=C,
-                                 prompts=prompts, device=device,
-                                 critic_scales=(c_a, c_v), restarts=restarts,
-                                 restart_steps=restart_steps, num_samples=cfg.num_samples,
-                                 steps=cfg.steps, kind=cfg.kind, eta=cfg.eta,
-                                 batch_size=cfg.batch_size,
-                                 seed=stage_seed(params.seed, "sample"))
+    a, v = sharded_joint(base_a, base_v, settings, guides=[d, c], num_samples=cfg.num_samples,
+                         batch_size=cfg.batch_size, seed=stage_seed(params.seed, "sample"),
+                         prompts=prompts, device=dist.device(params.device), timer=timer)
     if not dist.is_main():   # the main process writes everything
         dist.barrier()
         return
-    report = {"scale_audio": s_a, "scale_video": s_v, "critic_scale_audio": c_a,
-              "critic_scale_video": c_v, **per_pass_cost(timing)}
-    names = None if prompt_of is None else [f"p{j:03d}_{i:03d}" for i, j in enumerate(prompt_of)]
+    report = {"scale_audio": d.scale_a, "scale_video": d.scale_v, "critic_scale_audio": c.scale_a,
+              "critic_scale_video": c.scale_v, **timer.per_pass_cost()}
     with atomic_path(out) as tmp:
-        write_set(tmp, a, v, encoders=enc, media=cfg.media, name=which, names=names)
+        write_set(tmp, a, v, encoders=enc, media=cfg.media, name=which, prompts=prompts,
+                  cfg=to_dict(params.cfg))
         write_json(tmp / "provenance.json", _run_ids(folders))
-        if prompt_list is not None:
-            write_json(tmp / "prompts.json", {"prompts": prompt_list, "prompt_of": prompt_of,
-                                              "cfg": to_dict(params.cfg)})
     write_json(metrics_path, report)
-    click.echo(f"sample: {cfg.num_samples} {which} pairs (s_a={s_a}, s_v={s_v}) in "
+    click.echo(f"sample: {cfg.num_samples} {which} pairs (s_a={d.scale_a}, s_v={d.scale_v}) in "
                f"{report['total_s']:.1f} s -> {out}")
     logged = {"seed": params.seed, "sample": to_dict(cfg), "set": which,
-              "condition": params.condition, "cfg": to_dict(params.cfg)}
-    with tracking.stage_run("sample" if guided else "sample_baseline",
-                            {**logged, **({"guidance": to_dict(g)} if guided else {})}):
+              "condition": params.condition, "cfg": to_dict(params.cfg),
+              **({"guidance": to_dict(params.guidance)} if guided else {})}
+    with tracking.stage_run("sample" if guided else "sample_baseline", logged):
         tracking.log_metrics(report)
-        if prompt_list is not None:
-            tracking.log_dict({"prompts": prompt_list, "prompt_of": prompt_of}, "prompts.json")
+        if prompts is not None:
+            tracking.log_dict({"prompts": prompts.texts, "prompt_of": prompts.prompt_of},
+                              "prompts.json")
         tracking.log_metrics({"processes": dist.world_size()})
     dist.barrier()

@@ -16,7 +16,7 @@ from mmdisco.bases import TinyBase, TinyBaseConfig
 from mmdisco.data.media import write_av
 from mmdisco.guidance.critic import Critic
 from mmdisco.guidance.discriminator import Discriminator
-from mmdisco.guidance.store import save_discriminator
+from mmdisco.guidance.store import save_guide
 from support.project import ROOT
 
 AUDIO, VIDEO = (1, 8, 8), (2, 3, 8, 8)
@@ -56,7 +56,7 @@ def tiny_project(tmp_path_factory) -> Path:
                          ("critic", Critic(audio_shape=AUDIO, video_shape=VIDEO, width=8,
                                            time_dim=16, dim=8))):
         (proj / "models" / name).mkdir(parents=True)
-        save_discriminator(module, proj / "models" / name)
+        save_guide(module, proj / "models" / name)
     for i, hz in enumerate((440.0, 880.0)):
         _media(proj / "data/raw" / f"clip_{i:05d}.mp4", hz=hz)
     return proj

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 import dist_worker as w
-import stages.sample_fakes as sample_fakes
 from mmdisco import distributed as dist
+from mmdisco.guidance.bank import fake_bank
 from mmdisco.guidance.loss import DiscriminatorLoss
-from mmdisco.guidance.sampler import item_generators, item_seeds, sample_joint, sample_single
+from mmdisco.guidance.sampler import Guide, SamplerSettings, sample_joint, sample_single
+from mmdisco.seeds import item_generators, item_seeds
 from support.project import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,38 +129,36 @@ def test_item_seeds_make_each_sample_independent_of_its_batch(kind, eta):
     base_a, base_v = w.bases()
     seeds = item_seeds(3, 5)
     assert seeds == item_seeds(3, 7)[:5] and item_seeds(3, 3, start=2) == seeds[2:]
-    common = dict(steps=4, kind=kind, eta=eta)
-    guided = dict(scale_a=1.0, scale_v=1.0, restarts=1, restart_steps=1, **common)
-    a, v, _ = sample_joint(base_a, base_v, w.make_d(), num_samples=5, item_seeds=seeds,
-                           batch_size=2, **guided)             # batches [0, 2), [2, 4), [4, 5)
+    plain = SamplerSettings(steps=4, kind=kind, eta=eta)
+    restarted = SamplerSettings(steps=4, kind=kind, eta=eta, restarts=1, restart_steps=1)
+
+    def guided(bases=(base_a, base_v), D=None, **kw):
+        guide = Guide(w.make_d() if D is None else D, 1.0, 1.0)
+        return sample_joint(*bases, restarted, guides=[guide], **kw)
+
+    a, v = guided(num_samples=5, item_seeds=seeds, batch_size=2)   # batches [0, 2), [2, 4), [4, 5)
     # the same batch in another call, which is what another process does: bit for bit
-    a_b, v_b, _ = sample_joint(base_a, base_v, w.make_d(), num_samples=2, item_seeds=seeds[2:4],
-                               **guided)
+    a_b, v_b = guided(num_samples=2, item_seeds=seeds[2:4])
     assert torch.equal(a_b, a[2:4]) and torch.equal(v_b, v[2:4])
     # other batch sizes: one batch of 5, and items 3 and 4 (two batches above) as one batch
-    a1, v1, _ = sample_joint(base_a, base_v, w.make_d(), num_samples=5, item_seeds=seeds,
-                             batch_size=5, **guided)
-    a2, v2, _ = sample_joint(base_a, base_v, w.make_d(), num_samples=2, item_seeds=seeds[3:],
-                             **guided)
+    a1, v1 = guided(num_samples=5, item_seeds=seeds, batch_size=5)
+    a2, v2 = guided(num_samples=2, item_seeds=seeds[3:])
     with float32_noise():
-        a64, v64, _ = sample_joint(*(b.double() for b in w.bases()), w.make_d().double(),
-                                   num_samples=5, item_seeds=seeds, batch_size=2,
-                                   dtype=torch.float64, **guided)
+        a64, v64 = guided([b.double() for b in w.bases()], w.make_d().double(), num_samples=5,
+                          item_seeds=seeds, batch_size=2, dtype=torch.float64)
     bounds = [float32_error_bound(b, kind, 4, seeds) for b in (base_a, base_v)]
     assert_float32_rounding_apart((a1, v1), (a, v), (a64, v64), bounds)
     assert_float32_rounding_apart((a2, v2), (a[3:], v[3:]), (a64[3:], v64[3:]), bounds)
     # unguided, each modality is sample_single with the same item seeds, bit for bit
-    a0, v0, _ = sample_joint(base_a, base_v, None, num_samples=5, item_seeds=seeds, batch_size=2,
-                             **common)
-    ref_a, _ = sample_single(base_a, num_samples=5, item_seeds=seeds, batch_size=2, **common)
-    ref_v, _ = sample_single(base_v, num_samples=5, item_seeds=seeds, batch_size=2, **common)
+    a0, v0 = sample_joint(base_a, base_v, plain, num_samples=5, item_seeds=seeds, batch_size=2)
+    ref_a = sample_single(base_a, plain, num_samples=5, item_seeds=seeds, batch_size=2)
+    ref_v = sample_single(base_v, plain, num_samples=5, item_seeds=seeds, batch_size=2)
     assert torch.equal(a0, ref_a) and torch.equal(v0, ref_v)
     assert not torch.equal(a0[0], a0[1])   # distinct items, distinct noise
     with pytest.raises(ValueError, match="either"):
-        sample_single(base_a, num_samples=5, item_seeds=seeds, generator=torch.Generator(),
-                      **common)
+        sample_single(base_a, plain, num_samples=5, item_seeds=seeds, generator=torch.Generator())
     with pytest.raises(ValueError, match="one per sample"):
-        sample_joint(base_a, base_v, None, num_samples=4, item_seeds=seeds, **common)
+        sample_joint(base_a, base_v, plain, num_samples=4, item_seeds=seeds)
 
 
 def test_shared_loss_over_equal_parts_averages_to_the_whole_batch():
@@ -282,13 +281,12 @@ def test_sharded_fake_bank_is_exactly_the_one_process_bank(launched):
     assert all(torch.equal(x, y) for x, y in zip(two["small"], small))
     # another batch size (one batch of 10 instead of 3, 3, 3, 1): equal up to float32 rounding
     a1, v1 = w.bank(batch_size=10)
-    with float32_noise(), pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sample_fakes, "sample_single",
-                   lambda *args, **kw: sample_single(*args, dtype=torch.float64, **kw))
-        a64, v64, _ = sample_fakes.fake_bank(*(b.double() for b in w.bases()), **w.BANK)
+    with float32_noise():
+        a64, v64, _ = fake_bank(*(b.double() for b in w.bases()), w.BANK_SETTINGS,
+                                dtype=torch.float64, **w.BANK)
     base_a, base_v = w.bases()
     seeds = item_seeds(w.BANK["seed"], w.BANK["num_pairs"])
-    bounds = [float32_error_bound(b, "ddim", w.BANK["steps"], seeds) for b in (base_a, base_v)]
+    bounds = [float32_error_bound(b, "ddim", w.BANK_SETTINGS.steps, seeds) for b in (base_a, base_v)]
     assert_float32_rounding_apart((a1, v1), (audio, video), (a64, v64), bounds)
 
 
@@ -300,7 +298,6 @@ def test_the_stage_launched_with_torchrun_writes_the_one_process_bank(tmp_path):
     from mmdisco.bases import load_base
     from mmdisco.io import load_tensors, read_json
     from mmdisco.seeds import stage_seed
-    from stages.sample_fakes import fake_bank
 
     for base, name in zip(w.bases(), ("base_audio", "base_video")):
         base.save(tmp_path / "models" / name)
@@ -316,8 +313,8 @@ def test_the_stage_launched_with_torchrun_writes_the_one_process_bank(tmp_path):
     assert proc.stdout.count("sample_fakes: 7 pairs") == 1 and "(2 process(es))" in proc.stdout
     base_a, base_v = (load_base(tmp_path / "models" / n) for n in ("base_audio", "base_video"))
     seed = stage_seed(params["seed"], "sample_fakes")
-    audio, video, _ = fake_bank(base_a, base_v, num_pairs=7, steps=3, batch_size=2,
-                             eta=params["fakes"]["eta"], seed=seed)
+    audio, video, _ = fake_bank(base_a, base_v, SamplerSettings(steps=3, eta=params["fakes"]["eta"]),
+                                num_pairs=7, batch_size=2, seed=seed)
     out = tmp_path / "data" / "fakes"
     assert torch.equal(load_tensors(out / "audio.safetensors")["latents"], audio)
     assert torch.equal(load_tensors(out / "video.safetensors")["latents"], video)

@@ -12,7 +12,8 @@ from torch.distributions import MultivariateNormal
 from mmdisco.guidance.discriminator import input_gradients, residuals
 from support.gaussian import GaussianBase, GaussianWorld, VectorDiscriminator
 from mmdisco.guidance.loss import DiscriminatorLoss, forward_noise
-from mmdisco.guidance.sampler import modality_generators, sample_joint
+from mmdisco.guidance.sampler import Guide, SamplerSettings, sample_joint
+from mmdisco.seeds import modality_generators
 
 DA, DV = 2, 3
 
@@ -228,9 +229,9 @@ def test_guided_sampling_reproduces_the_cross_covariance(world, kind, steps):
     n = 8000
     out = {}
     for scale in (0.0, 1.0):
-        a, v, _ = sample_joint(base_a, base_v, world.residual_module(), num_samples=n, steps=steps, kind=kind,
-                               generators=modality_generators(7), scale_a=scale, scale_v=scale,
-                               dtype=torch.float64)
+        a, v = sample_joint(base_a, base_v, SamplerSettings(steps=steps, kind=kind),
+                            guides=[Guide(world.residual_module(), scale, scale)], num_samples=n,
+                            generators=modality_generators(7), dtype=torch.float64)
         x = torch.cat([a, v], 1)
         out[scale] = x.T @ x / n
     C = world.cross_covariance                                # entries up to 0.74 in size

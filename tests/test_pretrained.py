@@ -24,8 +24,9 @@ from mmdisco.encoders import encoder_from_state, make_audio_encoder, make_video_
 from mmdisco.guidance.conditional import (BoundCondition, CFGGuide, ConditionalDiscriminator,
                                           joint_condition)
 from mmdisco.guidance.discriminator import Discriminator, input_gradients
-from mmdisco.guidance.sampler import modality_generators, sample_joint, sample_single
-from mmdisco.guidance.store import load_discriminator, save_discriminator
+from mmdisco.guidance.sampler import Guide, SamplerSettings, sample_joint, sample_single
+from mmdisco.seeds import modality_generators
+from mmdisco.guidance.store import load_guide, save_guide
 from mmdisco.guidance.train import Conditions, train_discriminator
 from support.tiny_pretrained import (AUDIO_LATENT, FRAMES, N_CLIP, SIZE, SR_CLIP, VIDEO_LATENT, W_A,
                                      W_V, animatediff_components, audioldm_components,
@@ -126,7 +127,7 @@ def test_check_pair_and_timestep_sequences(weights, bases):
     leading = AudioLDMBase(base_a.unet, base_a.scheduler_config, AUDIO_LATENT,
                            timestep_spacing="leading", uncond=torch.zeros(1, 32))
     with pytest.raises(ValueError, match="different timestep sequences"):
-        sample_joint(leading, base_v, None, num_samples=1, steps=3,
+        sample_joint(leading, base_v, SamplerSettings(steps=3), num_samples=1,
                      generators=modality_generators(0))
 
 
@@ -166,8 +167,8 @@ def test_unguided_equals_diffusers_pipelines(weights, bases):
     pipe_v.set_progress_bar_config(disable=True)
     for base, pipe in ((base_a, pipe_a), (base_v, pipe_v)):
         cond = base.encode_prompt(prompts)
-        ours, _ = sample_single(base, num_samples=2, steps=steps, cond=cond,
-                                generator=torch.Generator().manual_seed(7))
+        ours = sample_single(base, SamplerSettings(steps=steps), num_samples=2, cond=cond,
+                             generator=torch.Generator().manual_seed(7))
         noise = torch.randn((2, *base.latent_shape), generator=torch.Generator().manual_seed(7))
         uncond = base.encode_prompt(["", ""])
         with torch.no_grad():
@@ -196,12 +197,13 @@ def test_encode_fakes_train_guided_sampling(weights, bases, encoded, tmp_path):
     fake_prompts = prompts[:n_fake]
     ca, cv = base_a.encode_prompt(fake_prompts), base_v.encode_prompt(fake_prompts)
     # fakes: each base alone, same prompts; deterministic under a seed
-    fa, _ = sample_single(base_a, num_samples=n_fake, steps=steps, cond=ca, batch_size=4,
-                          generator=torch.Generator().manual_seed(1))
-    fv, _ = sample_single(base_v, num_samples=n_fake, steps=steps, cond=cv, batch_size=4,
-                          generator=torch.Generator().manual_seed(2))
-    fa2, _ = sample_single(base_a, num_samples=n_fake, steps=steps, cond=ca, batch_size=4,
-                           generator=torch.Generator().manual_seed(1))
+    settings = SamplerSettings(steps=steps)
+    fa = sample_single(base_a, settings, num_samples=n_fake, cond=ca, batch_size=4,
+                       generator=torch.Generator().manual_seed(1))
+    fv = sample_single(base_v, settings, num_samples=n_fake, cond=cv, batch_size=4,
+                       generator=torch.Generator().manual_seed(2))
+    fa2 = sample_single(base_a, settings, num_samples=n_fake, cond=ca, batch_size=4,
+                        generator=torch.Generator().manual_seed(1))
     assert fa.shape == (n_fake, *AUDIO_LATENT) and fv.shape == (n_fake, *VIDEO_LATENT)
     assert torch.equal(fa, fa2) and torch.isfinite(fv).all()
     # a few discriminator steps with the project's training loop
@@ -216,15 +218,13 @@ def test_encode_fakes_train_guided_sampling(weights, bases, encoded, tmp_path):
     ca4, cv4 = ca[:4], cv[:4]
 
     def joint(scale, seed=5):
-        a, v, _ = sample_joint(base_a, base_v, D, num_samples=4, steps=steps, scale_a=scale,
-                               scale_v=scale, cond_a=ca4, cond_v=cv4,
-                               generators=modality_generators(seed))
-        return a, v
+        return sample_joint(base_a, base_v, settings, guides=[Guide(D, scale, scale)], num_samples=4,
+                            cond_a=ca4, cond_v=cv4, generators=modality_generators(seed))
 
     a0, v0 = joint(0.0)
     gen_a, gen_v = modality_generators(5)
-    ind_a, _ = sample_single(base_a, num_samples=4, steps=steps, cond=ca4, generator=gen_a)
-    ind_v, _ = sample_single(base_v, num_samples=4, steps=steps, cond=cv4, generator=gen_v)
+    ind_a = sample_single(base_a, settings, num_samples=4, cond=ca4, generator=gen_a)
+    ind_v = sample_single(base_v, settings, num_samples=4, cond=cv4, generator=gen_v)
     assert torch.equal(a0, ind_a) and torch.equal(v0, ind_v)
     a1, v1 = joint(50.0)
     a1b, v1b = joint(50.0)
@@ -274,8 +274,8 @@ def test_conditional_discriminator_and_cfg_guide(bases, encoded, tmp_path):
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     assert not torch.equal(states[0]["cond_proj.2.weight"], Dc.state_dict()["cond_proj.2.weight"])
     # it saves and loads as itself
-    save_discriminator(Dr, tmp_path)
-    back = load_discriminator(tmp_path)
+    save_guide(Dr, tmp_path)
+    back = load_guide(tmp_path)
     assert type(back) is ConditionalDiscriminator and back.cond_dim == 64
     with torch.no_grad():
         assert torch.equal(back(a, v, t, cond=cond[:4]), Dr.eval()(a, v, t, cond=cond[:4]))
@@ -290,9 +290,10 @@ def test_conditional_discriminator_and_cfg_guide(bases, encoded, tmp_path):
     torch.testing.assert_close(gv, uv + W_V * (cv_ - uv), rtol=1e-4, atol=1e-6)
     # usable as sample_joint's D; a bound conditional D trains with train_discriminator too
     ca4, cv4 = base_a.encode_prompt(prompts[:2]), base_v.encode_prompt(prompts[:2])
-    out_a, out_v, _ = sample_joint(base_a, base_v, CFGGuide.from_bases(Dc, cond[:1], base_a, base_v),
-                                   num_samples=2, steps=2, scale_a=5.0, scale_v=5.0, cond_a=ca4,
-                                   cond_v=cv4, generators=modality_generators(0))
+    guide = Guide(CFGGuide.from_bases(Dc, cond[:1], base_a, base_v), 5.0, 5.0)
+    out_a, out_v = sample_joint(base_a, base_v, SamplerSettings(steps=2), guides=[guide],
+                                num_samples=2, cond_a=ca4, cond_v=cv4,
+                                generators=modality_generators(0))
     assert torch.isfinite(out_a).all() and torch.isfinite(out_v).all()
     summary = train_discriminator(BoundCondition(Dc, cond[:1]), base_a, base_v,
                                   real_a=encoded["a"], real_v=encoded["v"], fake_a=fake_a,
