@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,30 +25,14 @@ import pytest
 
 from support.project import make_project, run
 from stage_driver import stage_commands
-from support.pipeline import SMALL
+from support.pipeline import SMALL, normalise
 
 BIN = Path(sys.executable).parent
 FOLDERS = ("data", "models", "metrics", "plots")
-# fields that measure time or name an MLflow run
-VOLATILE = {"seconds", "pairs_per_second", "mlflow_run_id", "guided_step_cost_ratio",
-            "sampling_time_ratio"}
-RUN_ID = re.compile(r"[0-9a-f]{32}")   # data/samples/provenance.json maps guides to runs
 
 
 def thread_env() -> dict:
     return {"OMP_NUM_THREADS": "1", "MMDISCO_THREADS": "1"}
-
-
-def normalise(obj):
-    """JSON without timing fields, MLflow run ids masked (lists keep their order)."""
-    if isinstance(obj, dict):
-        return {k: normalise(v) for k, v in obj.items()
-                if k not in VOLATILE and not k.endswith("_s")}
-    if isinstance(obj, list):
-        return [normalise(v) for v in obj]
-    if isinstance(obj, str) and RUN_ID.fullmatch(obj):
-        return "<mlflow run id>"
-    return obj
 
 
 def files(root: Path) -> set[str]:

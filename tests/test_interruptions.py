@@ -38,7 +38,8 @@ import torch
 from mmdisco import io
 from support.project import ROOT, set_params
 from stage_driver import stage_commands
-from support.pipeline import SMALL
+from support import pipeline
+from support.pipeline import SMALL, normalise
 
 SEED = int(os.environ.get("MMDISCO_KILL_SEED", "0"))
 BIN = Path(sys.executable).parent
@@ -49,8 +50,7 @@ PARAMS = {**SMALL, "data.synth.num_files": 12, "data.clip.workers": 1,
 UPSTREAM = ("acquire", "extract_clips", "encode", "train_base_audio", "train_base_video",
             "sample_fakes", "train_discriminator")
 # JSON fields that measure time or name an MLflow run: they differ between any two runs
-VOLATILE = {"seconds", "pairs_per_second", "mlflow_run_id", "resumed_from", "stopped_at",
-            "guided_step_cost_ratio", "sampling_time_ratio"}
+VOLATILE = {*pipeline.VOLATILE, "resumed_from", "stopped_at"}   # a resumed run says so
 TMP = re.compile(r"\..+\.tmp")
 
 
@@ -85,15 +85,6 @@ def copy_inputs(ref: Path, dest: Path, rels: tuple[str, ...]) -> Path:
     return dest
 
 
-def normalise(obj):
-    if isinstance(obj, dict):
-        return {k: normalise(v) for k, v in obj.items()
-                if k not in VOLATILE and not k.endswith("_s")}
-    if isinstance(obj, list):
-        return [normalise(v) for v in obj]
-    return obj
-
-
 def same_output(ref: Path, got: Path) -> list[str]:
     """Files of ``ref`` (a folder or a file) that ``got`` lacks or holds differently."""
     if ref.is_file():
@@ -107,7 +98,7 @@ def same_output(ref: Path, got: Path) -> list[str]:
         if not (a.is_file() and b.is_file()):
             bad.append(f"{b}: {'missing' if a.is_file() else 'extra'}")
         elif a.suffix == ".json":
-            if normalise(json.loads(a.read_text())) != normalise(json.loads(b.read_text())):
+            if normalise(json.loads(a.read_text()), VOLATILE) != normalise(json.loads(b.read_text()), VOLATILE):
                 bad.append(f"{b}: JSON differs")
         elif a.read_bytes() != b.read_bytes():
             bad.append(f"{b}: bytes differ")
