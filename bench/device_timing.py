@@ -139,13 +139,13 @@ def main() -> None:
             return diffusion_loss(base, x0, t, noise, cfg)
         trainers[name] = (train_step_fn(base.unet, loss_of), cfg.batch_size)
     D.train()
-    d_loss = DiscriminatorLoss(params.train.denoise_weight)
+    d_loss = DiscriminatorLoss(params.discriminator.denoise_weight)
 
     def d_loss_of():
-        n = params.train.batch_size
+        n = params.discriminator.batch_size
         return d_loss(D, base_a, base_v, batch(real_a, n), batch(real_v, n), batch(fake_a, n),
                       batch(fake_v, n), gen)[0]
-    trainers["discriminator"] = (train_step_fn(D, d_loss_of), params.train.batch_size)
+    trainers["discriminator"] = (train_step_fn(D, d_loss_of), params.discriminator.batch_size)
     C.train()
     alphas_a, alphas_v = base_a.alphas_cumprod().to(device), base_v.alphas_cumprod().to(device)
 

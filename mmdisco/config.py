@@ -22,15 +22,14 @@ from mmdisco.schema import (BASE_KINDS, TORCH_DTYPES, AudioEncoderConfig, BaseMo
                             DiscriminatorConfig, EncodersConfig, EvalConfig, FakesConfig,
                             GuidanceConfig, Params, PretrainedBaseConfig, SampleConfig,
                             SynthConfig, TextEncoderConfig, TinyBaseConfig, TrainBaseConfig,
-                            TrainConfig, VideoEncoderConfig, check_config, check_device,
-                            check_range)
+                            VideoEncoderConfig, check_config, check_device, check_range)
 
 __all__ = [
     "BASE_KINDS", "TORCH_DTYPES", "AudioEncoderConfig", "BaseModelsConfig", "CFGConfig",
     "ClipConfig", "ConfigError", "CriticConfig", "DataConfig", "DiscriminatorConfig",
     "EncodersConfig", "EvalConfig", "FakesConfig", "GuidanceConfig", "Params",
     "PretrainedBaseConfig", "SampleConfig", "SynthConfig", "TextEncoderConfig", "TinyBaseConfig",
-    "TrainBaseConfig", "TrainConfig", "VideoEncoderConfig", "build", "check_config",
+    "TrainBaseConfig", "VideoEncoderConfig", "build", "check_config",
     "check_device", "check_keys", "check_range", "flatten", "load_params", "merge", "read_yaml",
     "set_dotted", "to_dict",
 ]

@@ -399,17 +399,12 @@ class FakesConfig:
 
 @dataclass(frozen=True)
 class DiscriminatorConfig:
-    """The joint discriminator D(a_t, v_t, t) (README, "The method")."""
+    """The joint discriminator D(a_t, v_t, t) (README, "The method") and its training."""
 
     width: int = _opt(16, lo=4, hi=512, doc="conv channels of each modality encoder")
     time_dim: int = _opt(64, lo=8, hi=1024, doc="timestep embedding size")
     head_hidden: int = _opt(64, lo=4, hi=1024, doc="hidden units of the fusion heads")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Discriminator training (the base models stay frozen)."""
-
+    # its training (the base models stay frozen): one section per guide, as the critic's
     steps: int = _opt(1200, lo=1)
     batch_size: int = _opt(64, lo=2, doc="real pairs per step (and as many negatives)")
     lr: float = _opt(1e-3, lo=0.0, lo_open=True)
@@ -524,7 +519,6 @@ class Params:
     base: BaseModelsConfig = _opt(BaseModelsConfig())
     fakes: FakesConfig = _opt(FakesConfig())
     discriminator: DiscriminatorConfig = _opt(DiscriminatorConfig())
-    train: TrainConfig = _opt(TrainConfig())
     critic: CriticConfig = _opt(CriticConfig())
     guidance: GuidanceConfig = _opt(GuidanceConfig())
     sample: SampleConfig = _opt(SampleConfig())

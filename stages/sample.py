@@ -9,7 +9,8 @@ Launched with several processes (`docs/scaling.md`) each samples its share of th
 main process gathers them in item order and writes the same files as one process would.
 
 With `condition: caption` every pair has a prompt: `sample.prompts` cycled over the pairs, or
-by default the captions of the clips that `train_discriminator` holds out (`train.heldout`).
+by default the captions of the clips that `train_discriminator` holds out
+(`discriminator.heldout`).
 Each base gets its prompt's embeddings (stored by `encode`) with its own CFG weight; the guided
 set's discriminator sees the prompt too and its residuals are combined per modality as
 `r_u + w_m (r_c − r_u)` (`CFGGuide`). The baseline uses the same prompts from the same noise.
@@ -55,7 +56,7 @@ def _prompts(params: Params, table) -> SetPrompts | None:
     if table is None:
         return None
     texts, prompt_of = sample_prompts(table, params.sample.prompts, params.sample.num_samples,
-                                      params.train.heldout,
+                                      params.discriminator.heldout,
                                       stage_seed(params.seed, "train_discriminator"))
     return SetPrompts.from_table(table, texts, prompt_of, (params.cfg.audio, params.cfg.video))
 

@@ -4,7 +4,8 @@ Checkpoints live in `checkpoints/discriminator/` (outside DVC's outputs), so rer
 interrupted stage resumes from the last one. Launched with several processes (`docs/scaling.md`)
 it trains data-parallel (`mmdisco.guidance.train`); the main process logs and writes.
 With `condition: caption` it trains a `ConditionalDiscriminator` on each pair's prompt (the
-clip's caption, the fake's caption from the bank) with condition dropout (`train.cond_dropout`).
+clip's caption, the fake's caption from the bank) with condition dropout
+(`discriminator.cond_dropout`).
 """
 from __future__ import annotations
 
@@ -45,16 +46,16 @@ def main(params_path: Path, latents_dir: Path, fakes_dir: Path, audio_base: Path
     (real_a, real_v), (fake_a, fake_v) = pairs(latents_dir), pairs(fakes_dir)
     seed = stage_seed(params.seed, "train_discriminator")
     conditions = None if table is None else \
-        caption_conditions(table, fakes_dir, params.train.cond_dropout)
+        caption_conditions(table, fakes_dir, params.discriminator.cond_dropout)
     D = new_discriminator(params.discriminator, real_a.shape[1:], real_v.shape[1:], seed,
                           cond_dim=None if conditions is None else conditions.joint.shape[1])
     curve: list[dict] = []
     run_params = {"seed": params.seed, "discriminator": to_dict(params.discriminator),
-                  "train": to_dict(params.train), "condition": params.condition,
+                  "condition": params.condition,
                   "cfg": to_dict(params.cfg)}
     with dist.main_run("train_discriminator", run_params) as run:
         summary = train_discriminator(D, base_a, base_v, real_a=real_a, real_v=real_v,
-                                      fake_a=fake_a, fake_v=fake_v, cfg=params.train,
+                                      fake_a=fake_a, fake_v=fake_v, cfg=params.discriminator,
                                       checkpoint_dir=checkpoints, seed=seed,
                                       log=curve_logger(curve), accelerator=accelerator,
                                       conditions=conditions, device=dist.device(params.device))

@@ -19,7 +19,7 @@ import torch
 torch.set_num_threads(1)
 
 from mmdisco import distributed as dist  # noqa: E402
-from mmdisco.config import CriticConfig, TrainConfig  # noqa: E402
+from mmdisco.config import CriticConfig, DiscriminatorConfig  # noqa: E402
 from mmdisco.guidance.critic import Critic, train_critic  # noqa: E402
 from mmdisco.guidance.conditional import ConditionalDiscriminator  # noqa: E402
 from mmdisco.guidance.train import Conditions, train_discriminator  # noqa: E402
@@ -27,7 +27,7 @@ from mmdisco.guidance.bank import fake_bank  # noqa: E402
 from mmdisco.guidance.sampler import SamplerSettings  # noqa: E402
 from support.tiny_guides import AUDIO, VIDEO, bases, data, make_d  # noqa: E402
 # λ > 0: the double backward through D runs under DDP too
-CFG = TrainConfig(steps=10, batch_size=8, checkpoint_every=4, log_every=2, eval_every=10,
+CFG = DiscriminatorConfig(steps=10, batch_size=8, checkpoint_every=4, log_every=2, eval_every=10,
                   heldout=8, denoise_weight=0.1)
 CRITIC = CriticConfig(steps=6, batch_size=8, heldout=8, warmup_steps=2, checkpoint_every=3,
                       log_every=3, eval_every=6, width=8, time_dim=16, dim=8)

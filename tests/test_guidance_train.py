@@ -6,13 +6,13 @@ import dataclasses
 import pytest
 import torch
 
-from mmdisco.config import TrainConfig
+from mmdisco.config import DiscriminatorConfig
 from mmdisco.guidance.store import load_guide, save_guide
 from mmdisco.guidance.train import derangement, negative_batch, train_discriminator
 from support.tiny_guides import AUDIO, VIDEO, Interrupt, bases, data, interrupt_at, make_d
 
 
-CFG = TrainConfig(steps=12, batch_size=8, checkpoint_every=4, log_every=4, eval_every=8,
+CFG = DiscriminatorConfig(steps=12, batch_size=8, checkpoint_every=4, log_every=4, eval_every=8,
                   heldout=8, denoise_weight=0.1)
 
 

@@ -45,8 +45,8 @@ SEED = int(os.environ.get("MMDISCO_KILL_SEED", "0"))
 BIN = Path(sys.executable).parent
 PARAMS = {**SMALL, "data.synth.num_files": 12, "data.clip.workers": 1,
           "data.clip.shard_size": 2,          # 24 clips in 12 shards: 12 kill points
-          "train.steps": 40, "train.checkpoint_every": 5, "train.eval_every": 20,
-          "train.log_every": 5}
+          "discriminator.steps": 40, "discriminator.checkpoint_every": 5, "discriminator.eval_every": 20,
+          "discriminator.log_every": 5}
 UPSTREAM = ("acquire", "extract_clips", "encode", "train_base_audio", "train_base_video",
             "sample_fakes", "train_discriminator")
 # JSON fields that measure time or name an MLflow run: they differ between any two runs
@@ -292,7 +292,7 @@ def test_train_discriminator_killed_twice_resumes(reference, tmp_path):
     rng = random.Random(f"{SEED}:train_discriminator")
     proj = copy_inputs(reference, tmp_path / "proj",
                        ("data/latents", "data/fakes", "models/base_audio", "models/base_video"))
-    every, steps = PARAMS["train.checkpoint_every"], PARAMS["train.steps"]
+    every, steps = PARAMS["discriminator.checkpoint_every"], PARAMS["discriminator.steps"]
 
     # 1. kill -9 from outside as soon as the checkpoint of step k is on disk
     k = every * rng.randint(1, steps // every - 2)

@@ -12,22 +12,24 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
 from mmdisco.bases import load_base
 from mmdisco.bases.pretrained import AnimateDiffBase, AudioLDMBase, prepare_pretrained_base
-from mmdisco.config import (AudioEncoderConfig, ConfigError, Params, TrainBaseConfig, TrainConfig,
-                            VideoEncoderConfig, build, load_params)
+from mmdisco.config import (AudioEncoderConfig, ConfigError, DiscriminatorConfig, Params,
+                            TrainBaseConfig, VideoEncoderConfig, build, load_params)
 from mmdisco.encoders import encoder_from_state, make_audio_encoder, make_video_encoder
 from mmdisco.guidance.conditional import (BoundCondition, CFGGuide, ConditionalDiscriminator,
                                           joint_condition)
 from mmdisco.guidance.discriminator import Discriminator, input_gradients
 from mmdisco.guidance.sampler import Guide, SamplerSettings, sample_joint, sample_single
-from mmdisco.seeds import modality_generators
 from mmdisco.guidance.store import load_guide, save_guide
 from mmdisco.guidance.train import Conditions, train_discriminator
+from mmdisco.preset import apply_preset
+from mmdisco.seeds import modality_generators
 from support.tiny_pretrained import (AUDIO_LATENT, FRAMES, N_CLIP, SIZE, SR_CLIP, VIDEO_LATENT, W_A,
                                      W_V, animatediff_components, audioldm_components,
                                      save_components)
@@ -209,7 +211,7 @@ def test_encode_fakes_train_guided_sampling(weights, bases, encoded, tmp_path):
     # a few discriminator steps with the project's training loop
     D = Discriminator(audio_shape=AUDIO_LATENT, video_shape=VIDEO_LATENT, width=8, time_dim=16,
                       head_hidden=16, video_grid=2)
-    cfg = TrainConfig(steps=3, batch_size=4, heldout=8, log_every=1, eval_every=3,
+    cfg = DiscriminatorConfig(steps=3, batch_size=4, heldout=8, log_every=1, eval_every=3,
                       checkpoint_every=3)
     summary = train_discriminator(D, base_a, base_v, real_a=real_a, real_v=real_v, fake_a=fa,
                                   fake_v=fv, cfg=cfg, checkpoint_dir=tmp_path / "ckpt", seed=0)
@@ -257,7 +259,7 @@ def test_conditional_discriminator_and_cfg_guide(bases, encoded, tmp_path):
     # a few conditional training steps in the discriminator's loop (condition dropout, the DSM
     # term through both bases' prompted ε, held-out accuracy), deterministic under a seed
     fake_a, fake_v = encoded["a"].flip(0), encoded["v"]
-    cfg = TrainConfig(steps=3, batch_size=4, heldout=8, checkpoint_every=3, eval_every=3,
+    cfg = DiscriminatorConfig(steps=3, batch_size=4, heldout=8, checkpoint_every=3, eval_every=3,
                       denoise_weight=0.5)
     every = torch.arange(len(prompts))
     conditions = Conditions(cond, every, every.flip(0), dropout=0.5,
@@ -304,10 +306,9 @@ def test_conditional_discriminator_and_cfg_guide(bases, encoded, tmp_path):
 
 # --------------------------------------------------------------------------- config and stage glue
 def test_presets_and_pretrained_config(weights, tmp_path):
-    from pathlib import Path
     root = Path(__file__).resolve().parents[1]
     for preset in sorted((root / "params").glob("pretrained-*.yaml")):
-        p = load_params(preset)
+        p = apply_preset(preset, root / "params.yaml", reset=True, write=False).params
         assert p.base.audio.kind == "audioldm" and p.base.video.kind == "animatediff"
         assert p.encoders.audio.kind == "audioldm" and p.encoders.video.kind == "sd_vae"
     assert load_params(root / "params.yaml") == Params()

@@ -179,8 +179,8 @@ BAD_PARAMS = [
      ["data.folder", "is not a folder", "point data.folder at your media files"]),
     ("extract-clips", {"data": {"source": "folder", "folder": "MISSING"}},
      ["data.folder", "is not a folder", "point data.folder at your media files"]),
-    ("train-discriminator", {"train": {"stepz": 10}},
-     ["unknown key train.stepz", "'stepz' -> 'steps'", "remove it"]),
+    ("train-discriminator", {"discriminator": {"stepz": 10}},
+     ["unknown key discriminator.stepz", "'stepz' -> 'steps'", "remove it"]),
     ("sample", {"sampel": {"steps": 3}}, ["unknown key sampel", "'sampel' -> 'sample'"]),
 ]
 

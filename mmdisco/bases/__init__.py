@@ -18,8 +18,8 @@ from mmdisco.bases.tiny import TinyBase, TinyBaseConfig
 def _pretrained(kind: str):
     """Loader of a pretrained kind, imported on first use (it pulls in transformers)."""
     def load(path, meta, device="auto"):
-        from mmdisco.bases.pretrained import KINDS
-        return KINDS[kind].load(path, meta, device=device)
+        from mmdisco.bases.pretrained import PRETRAINED_BASES
+        return PRETRAINED_BASES[kind].load(path, meta, device=device)
     return load
 
 

@@ -423,7 +423,7 @@ class AnimateDiffBase(PretrainedBase):
         return base
 
 
-KINDS = {"audioldm": AudioLDMBase, "animatediff": AnimateDiffBase}
+PRETRAINED_BASES = {"audioldm": AudioLDMBase, "animatediff": AnimateDiffBase}
 
 
 def load_text_encoder(kind: str, model: str | Path, *, device: str = "auto", dtype: str = "auto",
@@ -431,10 +431,10 @@ def load_text_encoder(kind: str, model: str | Path, *, device: str = "auto", dty
     """``embed(prompts) -> Tensor``: a pretrained base's own frozen text encoder (its
     ``text_encoder/`` and ``tokenizer/``) without its UNet; the embeddings ``eps(cond=)`` takes."""
     import transformers
-    if kind not in KINDS:
+    if kind not in PRETRAINED_BASES:
         raise ValueError(f"base kind {kind!r} has no pretrained text encoder; choose one of "
-                         f"{', '.join(KINDS)}")
-    cls = KINDS[kind]
+                         f"{', '.join(PRETRAINED_BASES)}")
+    cls = PRETRAINED_BASES[kind]
     dev = resolve_device(device)
     enc, tok = _load_text(str(model), getattr(transformers, cls.TEXT_ENCODER),
                           local_files_only=local_files_only)
@@ -450,12 +450,13 @@ def load_text_encoder(kind: str, model: str | Path, *, device: str = "auto", dty
 
 def from_config(cfg, latent_shape: tuple[int, ...]) -> PretrainedBase:
     """A pretrained base from ``base.<modality>`` (a ``TrainBaseConfig`` whose kind is not tiny)."""
-    if cfg.kind not in KINDS:
-        raise ValueError(f"base kind {cfg.kind!r} is not pretrained; choose one of {', '.join(KINDS)}")
+    if cfg.kind not in PRETRAINED_BASES:
+        raise ValueError(f"base kind {cfg.kind!r} is not pretrained; choose one of "
+                         f"{', '.join(PRETRAINED_BASES)}")
     p = cfg.pretrained
     extra = {"motion_adapter": p.motion_adapter, "forward_chunking": p.forward_chunking} \
         if cfg.kind == "animatediff" else {}
-    return KINDS[cfg.kind].from_pretrained(
+    return PRETRAINED_BASES[cfg.kind].from_pretrained(
         p.model, latent_shape=tuple(latent_shape),
         device=p.device, dtype=p.dtype, timestep_spacing=p.timestep_spacing,
         beta_schedule=p.beta_schedule, offload=p.offload, cfg_batch=p.cfg_batch, **extra)

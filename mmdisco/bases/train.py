@@ -20,8 +20,8 @@ import torch
 from mmdisco import checkpoint
 from mmdisco.bases.pretrained import prepare_pretrained_base
 from mmdisco.bases.protocol import sigma, sqrt_alpha_bar
-from mmdisco.bases.tiny import TinyBase, check_config, check_shape
-from mmdisco.config import ConfigError, TinyBaseConfig, TrainBaseConfig, to_dict
+from mmdisco.bases.tiny import TinyBase, check_shape
+from mmdisco.config import ConfigError, TinyBaseConfig, TrainBaseConfig, check_config, to_dict
 from mmdisco.loop import Checkpoints, Schedule, Trainer, seeded, train_loop
 
 CHECKPOINT_DIR = "checkpoint"

@@ -1,7 +1,7 @@
 """Training loop of the discriminator: real pairs against negatives, base models frozen.
 
-Negatives (``train.negatives``): ``generated`` — pairs from the fake bank, each modality made
-independently by its base model (the paper's choice: teaches alignment and corrects the bases);
+Negatives (``discriminator.negatives``): ``generated`` — pairs from the fake bank, each
+modality made independently by its base model (the paper's choice: teaches alignment and corrects the bases);
 ``shuffled`` — real audio with another real clip's video (teaches alignment only); ``both`` —
 half of each. Every random draw comes from one generator seeded by the caller, and the
 generator state is checkpointed, so a resumed run ends with the same weights as an
@@ -12,8 +12,8 @@ only ``D`` and its optimiser are prepared (DDP wraps ``D``); the frozen bases st
 Every process draws the SAME global batch (clip indices, negatives, timesteps, noise) from its
 copy of the seeded generator and computes the loss on its own equal share of the real and of
 the fake pairs (``DiscriminatorLoss(part=...)``); DDP averages the gradients, so each update is
-the one-process update on the whole batch, up to float rounding (``train.batch_size`` must be
-a multiple of the process count). The main process reads the checkpoint and broadcasts it (no
+the one-process update on the whole batch, up to float rounding (``discriminator.batch_size``
+must be a multiple of the process count). The main process reads the checkpoint and broadcasts it (no
 shared filesystem needed), logs, and writes checkpoints holding the unwrapped state dict and the
 generator state — the same stream for any number of processes, so a run resumes with another
 process count and ends with the same weights.
@@ -31,7 +31,7 @@ from torch import nn
 
 from mmdisco import checkpoint
 from mmdisco.bases.protocol import BaseModel, check_pair
-from mmdisco.config import DiscriminatorConfig, TrainConfig, to_dict
+from mmdisco.config import DiscriminatorConfig, to_dict
 from mmdisco.guidance.conditional import ConditionalDiscriminator
 from mmdisco.guidance.discriminator import Discriminator
 from mmdisco.guidance.loss import DiscriminatorLoss, PromptRows, forward_noise
@@ -51,7 +51,7 @@ def derangement(n: int, generator: torch.Generator) -> torch.Tensor:
     return out
 
 
-def negative_batch(cfg: TrainConfig, real_a: torch.Tensor, real_v: torch.Tensor,
+def negative_batch(cfg: DiscriminatorConfig, real_a: torch.Tensor, real_v: torch.Tensor,
                    fake_a: torch.Tensor, fake_v: torch.Tensor, n: int,
                    generator: torch.Generator, real_prompt: torch.Tensor | None = None,
                    fake_prompt: torch.Tensor | None = None):
@@ -146,7 +146,7 @@ def new_discriminator(cfg: DiscriminatorConfig, audio_shape: tuple[int, ...],
     return seeded(seed, lambda: ConditionalDiscriminator(cond_dim=cond_dim, **kw))
 
 
-def _check_data(cfg: TrainConfig, real_a: torch.Tensor, real_v: torch.Tensor,
+def _check_data(cfg: DiscriminatorConfig, real_a: torch.Tensor, real_v: torch.Tensor,
                 fake_a: torch.Tensor, fake_v: torch.Tensor, conditions: Conditions | None) -> None:
     """Refuse unpaired data, prompt indices that are not one per pair, too few clips."""
     if len(real_a) != len(real_v) or len(fake_a) != len(fake_v):
@@ -157,8 +157,8 @@ def _check_data(cfg: TrainConfig, real_a: torch.Tensor, real_v: torch.Tensor,
                          f"fake prompt indices for {len(real_a)} real clips and {len(fake_a)} "
                          f"fakes; give one per pair")
     if len(real_a) <= cfg.heldout + cfg.batch_size // 2:
-        raise ValueError(f"train.heldout ({cfg.heldout}) leaves too few real clips "
-                         f"({len(real_a)}) to train on; lower train.heldout")
+        raise ValueError(f"discriminator.heldout ({cfg.heldout}) leaves too few real clips "
+                         f"({len(real_a)}) to train on; lower discriminator.heldout")
 
 
 @dataclass
@@ -175,10 +175,10 @@ class _Split:
     held: dict
 
 
-def _split(cfg: TrainConfig, seed: int, real_a: torch.Tensor, real_v: torch.Tensor,
+def _split(cfg: DiscriminatorConfig, seed: int, real_a: torch.Tensor, real_v: torch.Tensor,
            fake_a: torch.Tensor, fake_v: torch.Tensor, conditions: Conditions | None) -> _Split:
-    """``train.heldout`` real clips (a seeded draw) and as many of the first fakes (at most a
-    quarter of the bank) held out for accuracy checks; the rest to train on."""
+    """``discriminator.heldout`` real clips (a seeded draw) and as many of the first fakes (at
+    most a quarter of the bank) held out for accuracy checks; the rest to train on."""
     order = torch.randperm(len(real_a), generator=torch.Generator().manual_seed(seed))
     held, train_idx = order[: cfg.heldout], order[cfg.heldout:]
     n_fake_held = min(cfg.heldout, len(fake_a) // 4)
@@ -193,8 +193,9 @@ def _split(cfg: TrainConfig, seed: int, real_a: torch.Tensor, real_v: torch.Tens
                   fake_v[n_fake_held:], real_prompt, fake_prompt, held_pairs)
 
 
-def _fingerprint(split: _Split, real_a: torch.Tensor, real_v: torch.Tensor, cfg: TrainConfig,
-                 seed: int, D: nn.Module, conditions: Conditions | None) -> str:
+def _fingerprint(split: _Split, real_a: torch.Tensor, real_v: torch.Tensor,
+                 cfg: DiscriminatorConfig, seed: int, D: nn.Module,
+                 conditions: Conditions | None) -> str:
     """What a checkpoint must have been made from to be resumed (the training fakes only)."""
     return checkpoint.fingerprint(real_a, real_v, split.fake_a, split.fake_v, to_dict(cfg), seed,
                                   getattr(D, "config", None),
@@ -205,7 +206,7 @@ def _fingerprint(split: _Split, real_a: torch.Tensor, real_v: torch.Tensor, cfg:
 
 def train_discriminator(D: nn.Module, base_a: BaseModel, base_v: BaseModel, *,
                         real_a: torch.Tensor, real_v: torch.Tensor,
-                        fake_a: torch.Tensor, fake_v: torch.Tensor, cfg: TrainConfig,
+                        fake_a: torch.Tensor, fake_v: torch.Tensor, cfg: DiscriminatorConfig,
                         checkpoint_dir: Path, seed: int,
                         log: Callable[[int, dict], None] | None = None,
                         accelerator=None, stop_at: int | None = None,
@@ -252,7 +253,7 @@ def train_discriminator(D: nn.Module, base_a: BaseModel, base_v: BaseModel, *,
 
     # 3. the loop (resume, data parallelism, logging, checkpoints: mmdisco.loop)
     result = train_loop(
-        Trainer(name="discriminator", model=D, opt=opt, lr_key="train.lr", step_fn=step_fn,
+        Trainer(name="discriminator", model=D, opt=opt, lr_key="discriminator.lr", step_fn=step_fn,
                 lr_at=lambda step: cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)),
                 evaluate=evaluate, reduce_stats=True),
         Schedule(cfg.steps, cfg.log_every, cfg.checkpoint_every, cfg.eval_every, cfg.grad_clip,
