@@ -27,9 +27,13 @@ have the same ``num_train_timesteps`` (``check_pair``) and give the same timeste
 
 Saved form: a folder with ``base.json`` (``kind`` ``audioldm`` / ``animatediff``, the weights'
 source, the latent shape and the options) and no weights: ``mmdisco.bases.load_base`` reads it.
+
+The model classes of diffusers and transformers are imported where they are loaded: each pulls
+in its model zoo, seconds of import that a run using only the other base does not need.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -469,7 +473,6 @@ def prepare_pretrained_base(latents: torch.Tensor, cfg, folder: str | Path) -> d
     checks the latents' shape against the model, writes ``folder/base.json`` and returns a
     summary shaped like ``train_base``'s.
     """
-    import time
     start = time.perf_counter()
     base = from_config(cfg, tuple(latents.shape[1:]))
     Path(folder).mkdir(parents=True, exist_ok=True)

@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 from diffusers import UNet1DModel, UNet2DModel
 from einops import rearrange
+from safetensors.torch import load_file
 
 from mmdisco.bases.protocol import (CONFIG_FILE, check_input, scheduler_class, sigma,
                                     sqrt_alpha_bar)
-from mmdisco.config import ConfigError, TinyBaseConfig, check_config, to_dict
+from mmdisco.config import ConfigError, TinyBaseConfig, build, check_config, to_dict
 from mmdisco.io import atomic_path, write_json
 
 KIND = "tiny"
@@ -319,7 +320,6 @@ class TinyBase(torch.nn.Module):
     @classmethod
     def load(cls, path: str | Path, meta: dict) -> "TinyBase":
         """Rebuild from a folder written by ``save``; the weights must match the recorded hash."""
-        from mmdisco.config import build
         path = Path(path)
         cfg = build(TinyBaseConfig, meta["model"], f"{path / CONFIG_FILE}:model")
         if _weights_hash(path) != meta.get("weights_sha256"):
@@ -328,7 +328,6 @@ class TinyBase(torch.nn.Module):
         cond_dim = int(meta.get("cond_dim", 0))
         unet_cls = UNet1DModel if cfg.arch == "unet1d" else UNet2DModel
         if cond_dim:   # the prompt projection is ours: build, then load every weight strictly
-            from safetensors.torch import load_file
             unet = _condition(UNet2DModel.from_config(UNet2DModel.load_config(path / UNET_DIR)),
                               cond_dim)
             state = {}

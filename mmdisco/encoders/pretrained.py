@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 from einops import rearrange
+from tqdm.auto import tqdm
 
 from mmdisco.devices import dtype_name, resolve_device, resolve_dtype
 
@@ -41,7 +42,6 @@ PEAK = 0.5                  # AudioLDM's loader scales each clip to this peak
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
     return tqdm(total=total, desc=desc, unit="item", disable=not enabled, leave=False)
 
 
