@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import re
@@ -169,6 +170,17 @@ def read_json(path: str | Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; run the stage that writes it first")
     return json.loads(path.read_text())
+
+
+def copy_hashed(src: str | Path, dest: str | Path) -> str:
+    """Copy ``src`` to ``dest`` (atomically) and return the hex SHA-256 of the bytes written,
+    hashed in the same pass."""
+    h = hashlib.sha256()
+    with atomic_path(dest) as tmp, open(src, "rb") as fin, open(tmp, "wb") as fout:
+        for block in iter(lambda: fin.read(1 << 20), b""):
+            h.update(block)
+            fout.write(block)
+    return h.hexdigest()
 
 
 def _json_default(o: Any) -> Any:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
-import hashlib
 import http.client
 import io
 import json
@@ -57,6 +56,8 @@ from typing import Callable, Iterable
 
 import click
 from tqdm.auto import tqdm
+
+from mmdisco.checksums import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +98,6 @@ class MissingDependency(RuntimeError):
 
 
 # --------------------------------------------------------------------------- download
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _check_sha(sha256: str | None, what: str) -> str:
     if sha256 is None or not _SHA256.fullmatch(str(sha256).lower()):
         raise ValueError(f"{what}: sha256 must be 64 hex digits, got {sha256!r}; no checksum is "

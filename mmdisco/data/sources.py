@@ -12,7 +12,7 @@ import dataclasses
 from pathlib import Path
 
 from mmdisco.config import DataConfig, SynthConfig
-from mmdisco.data.download import sha256_file
+from mmdisco.checksums import sha256_file
 from mmdisco.data.folder import (FolderError, caption_files, read_captions, scan_folder,
                                  skip_counts, skip_record)
 from mmdisco.data.manifest import MANIFEST
