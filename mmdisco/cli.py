@@ -1,5 +1,5 @@
 """The `mmdisco` command: one subcommand per pipeline stage (what `dvc.yaml` runs), and the
-tools around it (`av-align`, `report`, `download`, `preset`)."""
+tools around it (`av-align`, `report`, `download`, `preset`, `generate`)."""
 from __future__ import annotations
 
 import importlib
@@ -15,7 +15,7 @@ COMMANDS = {
     "train-critic": "stages.train_critic", "sample": "stages.sample",
     "evaluate": "stages.evaluate", "av-align": "mmdisco.eval.av_align",
     "report": "mmdisco.eval.report", "download": "mmdisco.data.download",
-    "preset": "mmdisco.preset",
+    "preset": "mmdisco.preset", "generate": "mmdisco.generate",
 }
 
 

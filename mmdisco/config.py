@@ -20,18 +20,19 @@ import yaml
 from mmdisco.schema import (BASE_KINDS, TORCH_DTYPES, AudioEncoderConfig, BaseModelsConfig,
                             CFGConfig, ClipConfig, ConfigError, CriticConfig, DataConfig,
                             DiscriminatorConfig, EncodersConfig, EvalConfig, FakesConfig,
-                            GuidanceConfig, Params, PretrainedBaseConfig, SampleConfig,
-                            SynthConfig, TextEncoderConfig, TinyBaseConfig, TrainBaseConfig,
-                            VideoEncoderConfig, check_config, check_device, check_range)
+                            GuidanceConfig, Params, PretrainedBaseConfig, RELEASED_SETTINGS,
+                            ReleasedGuideConfig, SampleConfig, SynthConfig, TextEncoderConfig,
+                            TinyBaseConfig, TrainBaseConfig, VideoEncoderConfig, check_config,
+                            check_device, check_range)
 
 __all__ = [
     "BASE_KINDS", "TORCH_DTYPES", "AudioEncoderConfig", "BaseModelsConfig", "CFGConfig",
     "ClipConfig", "ConfigError", "CriticConfig", "DataConfig", "DiscriminatorConfig",
     "EncodersConfig", "EvalConfig", "FakesConfig", "GuidanceConfig", "Params",
-    "PretrainedBaseConfig", "SampleConfig", "SynthConfig", "TextEncoderConfig", "TinyBaseConfig",
-    "TrainBaseConfig", "VideoEncoderConfig", "build", "check_config",
-    "check_device", "check_keys", "check_range", "flatten", "load_params", "merge", "read_yaml",
-    "set_dotted", "to_dict",
+    "PretrainedBaseConfig", "RELEASED_SETTINGS", "ReleasedGuideConfig", "SampleConfig",
+    "SynthConfig", "TextEncoderConfig", "TinyBaseConfig", "TrainBaseConfig",
+    "VideoEncoderConfig", "build", "check_config", "check_device", "check_keys", "check_range",
+    "flatten", "load_params", "merge", "read_yaml", "set_dotted", "to_dict",
 ]
 
 

@@ -449,6 +449,24 @@ class CriticConfig:
             raise ConfigError(f"{key}.t_max ({self.t_max}) must be >= {key}.t_min ({self.t_min})")
 
 
+# the authors' released discriminators (``mmdisco.guidance.release.SETTINGS``; a test keeps the
+# two lists equal: the schema names them without importing torch)
+RELEASED_SETTINGS = ("audioldm_animediff_vggsound", "auffusion_videocrafter2_vggsound",
+                     "mmdiffusion_landscape", "mmdiffusion_aist++")
+RELEASED_URL = "https://huggingface.co/AkioHayakawa/MMDisCo"
+
+
+@dataclass(frozen=True)
+class ReleasedGuideConfig:
+    """One of the authors' released discriminators (``docs/released.md``), used when
+    ``guidance.module`` is released."""
+
+    checkpoint: str | None = _opt(None, doc="path of the released <setting>.pt (from "
+                                            f"{RELEASED_URL})")
+    setting: str | None = _opt(None, choices=RELEASED_SETTINGS,
+                               doc="which released discriminator the checkpoint is")
+
+
 @dataclass(frozen=True)
 class GuidanceConfig:
     """ε̂^m = ε_m + s_m r_D^m + c_m r_C^m, with r = −σ_t^m ∇ (logit D or critic score).
@@ -456,8 +474,14 @@ class GuidanceConfig:
     s_a = scale × audio_weight, s_v = scale × video_weight (the paper's discriminator);
     c_a = scale × critic_weight × critic_audio_weight, c_v likewise with critic_video_weight.
     ``scale`` multiplies everything, so ``scale = 0`` is independent sampling.
+    ``module`` says which discriminator D is: the one `train_discriminator` trains, or a
+    released one (``released``), which that stage then checks and records instead.
     """
 
+    module: str = _opt("trained", choices=("trained", "released"),
+                       doc="trained: the discriminator trained here; released: the authors' "
+                           "released module (guidance.released)")
+    released: ReleasedGuideConfig = _opt(ReleasedGuideConfig())
     scale: float = _opt(8.0, lo=0.0, doc="overall guidance scale; 0 = independent sampling")
     audio_weight: float = _opt(2.0, lo=0.0)
     video_weight: float = _opt(0.5, lo=0.0)
@@ -466,6 +490,18 @@ class GuidanceConfig:
     critic_video_weight: float = _opt(0.0, lo=0.0)
     restarts: int = _opt(0, lo=0, doc="extra re-noised repeats of each of the first restart_steps")
     restart_steps: int = _opt(0, lo=0, doc="how many leading sampler steps get restarts")
+
+    def validate(self, key: str) -> None:
+        if self.module != "released":
+            return
+        r = self.released
+        if not r.setting:
+            raise ConfigError(f"{key}.released.setting must name the released discriminator "
+                              f"when {key}.module is released; choose one of "
+                              f"{', '.join(RELEASED_SETTINGS)}")
+        if not r.checkpoint:
+            raise ConfigError(f"{key}.released.checkpoint must name the released checkpoint file "
+                              f"({r.setting}.pt from {RELEASED_URL}) when {key}.module is released")
 
     @property
     def scales(self) -> tuple[float, float]:

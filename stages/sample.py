@@ -16,6 +16,10 @@ set's discriminator sees the prompt too and its residuals are combined per modal
 `r_u + w_m (r_c − r_u)` (`CFGGuide`). The baseline uses the same prompts from the same noise.
 Media are named by the prompt's index (`<set>_p<prompt>_<pair>.mp4`); `prompts.json` and the
 MLflow run hold the texts.
+
+With `guidance.module: released` the discriminator folder holds the authors' module that
+`train_discriminator` recorded; it is checked against the bases' latents and prompt embeddings
+before sampling and guides with the prompts bound (`mmdisco.guidance.sample_set`).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import click
 from mmdisco import distributed as dist
 from mmdisco import tracking
 from mmdisco.config import Params, to_dict
+from mmdisco.guidance.release import ReleasedDiscriminator, check_bases
 from mmdisco.guidance.sampler import Guide, SamplerSettings, StepTimer
 from mmdisco.guidance.sample_set import SetPrompts, sample_prompts, sharded_joint, write_set
 from mmdisco.guidance.store import load_guide
@@ -35,15 +40,33 @@ from stages.bases import load_bases
 from stages.common import load, params_option, user_errors
 
 
+def _check_module(params: Params, module, folder: Path, bases: tuple) -> None:
+    """Refuse a guide folder that holds another module than ``guidance.module`` says, or a
+    released module that does not fit the bases (``bases``: audio, video, prompt table)."""
+    released = isinstance(module, ReleasedDiscriminator)
+    if released != (params.guidance.module == "released"):
+        raise click.ClickException(
+            f"{folder} holds {'a released' if released else 'a trained'} discriminator but "
+            f"guidance.module is {params.guidance.module}: rerun train_discriminator (dvc repro)")
+    if released:
+        base_a, base_v, table = bases
+        texts = (None, None) if table is None else \
+            (table.null("audio").shape[1:], table.null("video").shape[1:])
+        for note in check_bases(module, base_a, base_v, *texts):
+            click.echo(f"note: {note}", err=True)
+
+
 def _guides(params: Params, guided: bool, discriminator: Path, critic: Path,
-            folders: dict[str, Path]) -> tuple[Guide, Guide]:
+            folders: dict[str, Path], bases: tuple) -> tuple[Guide, Guide]:
     """The discriminator's and the critic's guides, adding the folders loaded to ``folders``.
     The baseline has both off and reads nothing of guidance.* (its stage does not depend on it)."""
     if not guided:
         return Guide(None, 0.0, 0.0), Guide(None, 0.0, 0.0)
     g, device = params.guidance, dist.device(params.device)
     folders["discriminator"] = discriminator
-    D = Guide(dist.to_device(load_guide(discriminator), device), *g.scales)
+    module = load_guide(discriminator)
+    _check_module(params, module, discriminator, bases)
+    D = Guide(dist.to_device(module, device), *g.scales)
     if not any(g.critic_scales):
         return D, Guide(None, *g.critic_scales)
     folders["critic"] = critic
@@ -99,7 +122,7 @@ def main(params_path: Path, which: str, latents_dir: Path, audio_base: Path, vid
                                         "metrics/sample_baseline.json")
     base_a, base_v, table = load_bases(params, audio_base, video_base, latents_dir)
     folders = {"audio_base": audio_base, "video_base": video_base}
-    d, c = _guides(params, guided, discriminator, critic, folders)
+    d, c = _guides(params, guided, discriminator, critic, folders, (base_a, base_v, table))
     enc, prompts, timer = read_json(latents_dir / "encoders.json"), _prompts(params, table), StepTimer()
     restarts = (params.guidance.restarts, params.guidance.restart_steps) if guided else (0, 0)
     settings = SamplerSettings(cfg.steps, cfg.kind, cfg.eta, *restarts)

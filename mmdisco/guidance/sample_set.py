@@ -4,7 +4,9 @@ Seeds are per item (``mmdisco.seeds.item_seeds``), so pair ``i`` of two sets sam
 seed starts from the same noise: each guided pair has a baseline twin that differs only by the
 guidance. Under several processes each samples its share of the batches and every process
 gets the whole set in item order. With prompts, each pair's bases get its prompt's embeddings
-and a conditional discriminator guides through ``CFGGuide`` with the bases' CFG weights.
+and a conditional discriminator guides through ``CFGGuide`` with the bases' CFG weights; a
+released text-conditional discriminator gets the same prompts bound (``ReleasedDiscriminator.bind``:
+the bases' embeddings, the empty prompt's for its CFG of residuals, the same weights).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -21,6 +23,7 @@ from mmdisco.bases.protocol import BaseModel
 from mmdisco.encoders import encoder_from_state
 from mmdisco.eval.sheets import contact_sheet, save_png, write_pairs
 from mmdisco.guidance.conditional import CFGGuide, ConditionalDiscriminator, joint_condition
+from mmdisco.guidance.release import ReleasedDiscriminator
 from mmdisco.guidance.sampler import Guide, SamplerSettings, StepTimer, sample_joint
 from mmdisco.io import save_tensors, write_json
 from mmdisco.seeds import item_seeds
@@ -29,20 +32,34 @@ from mmdisco.seeds import item_seeds
 @dataclass(frozen=True)
 class SetPrompts:
     """Every pair's prompt: the prompt texts, which one each pair has (``prompt_of``), the bases'
-    embeddings per pair, the discriminator's joint condition per pair and the CFG weights."""
+    embeddings per pair, the discriminator's joint condition per pair, the CFG weights and the
+    bases' embeddings of the empty prompt (one row each; a released guide's CFG needs them)."""
     texts: list[str]
     prompt_of: list[int]
     audio: torch.Tensor
     video: torch.Tensor
     joint: torch.Tensor
     weights: tuple[float, float]
+    null_audio: torch.Tensor | None = None
+    null_video: torch.Tensor | None = None
+
+    @classmethod
+    def from_embeddings(cls, texts: list[str], prompt_of: list[int], audio: torch.Tensor,
+                        video: torch.Tensor, weights: tuple[float, float],
+                        nulls: tuple[torch.Tensor, torch.Tensor] | None = None) -> SetPrompts:
+        """From each prompt's embeddings (``audio``, ``video``: one row per text)."""
+        rows = torch.tensor(prompt_of, dtype=torch.long)
+        cond_a, cond_v = audio[rows], video[rows]
+        return cls(texts, prompt_of, cond_a, cond_v, joint_condition(cond_a, cond_v), weights,
+                   *(nulls or (None, None)))
 
     @classmethod
     def from_table(cls, table, texts: list[str], prompt_of: list[int],
                    weights: tuple[float, float]) -> SetPrompts:
-        rows = table.index(texts)[torch.tensor(prompt_of)]
-        cond_a, cond_v = table.embeddings("audio", rows), table.embeddings("video", rows)
-        return cls(texts, prompt_of, cond_a, cond_v, joint_condition(cond_a, cond_v), weights)
+        rows = table.index(texts)
+        return cls.from_embeddings(texts, prompt_of, table.embeddings("audio", rows),
+                                   table.embeddings("video", rows), weights,
+                                   (table.null("audio"), table.null("video")))
 
     def names(self) -> list[str]:
         """Media names: the prompt's index, then the pair's."""
@@ -67,19 +84,36 @@ def sample_prompts(table, given: Sequence[str], n: int, heldout: int,
     return prompts, [i % len(prompts) for i in range(n)]
 
 
-def _bound(guides: Sequence[Guide], joint: torch.Tensor, weights: tuple[float, float]) -> list[Guide]:
-    """The guides for one batch: a conditional discriminator guides with the batch's rows."""
-    return [dataclasses.replace(g, module=CFGGuide(g.module, joint, weights))
-            if isinstance(g.module, ConditionalDiscriminator) else g for g in guides]
+def _bound_module(module, prompts: SetPrompts, lo: int, hi: int, device):
+    """One guide's module for the pairs ``lo:hi``: a conditional or released text-conditional
+    discriminator with those pairs' prompts bound, any other module as it is."""
+    if isinstance(module, ConditionalDiscriminator):
+        return CFGGuide(module, prompts.joint[lo:hi].to(device), prompts.weights)
+    if isinstance(module, ReleasedDiscriminator) and module.arch.text_dims is not None:
+        nulls = {} if prompts.null_audio is None else {
+            "uncond_audio": prompts.null_audio.to(device),
+            "uncond_video": prompts.null_video.to(device), "weights": prompts.weights}
+        return module.bind(prompts.audio[lo:hi].to(device), prompts.video[lo:hi].to(device),
+                           **nulls)
+    return module
+
+
+def _bound(guides: Sequence[Guide], prompts: SetPrompts, lo: int, hi: int, device) -> list[Guide]:
+    """The guides for one batch, each text-conditional one with the batch's prompts."""
+    return [dataclasses.replace(g, module=_bound_module(g.module, prompts, lo, hi, device))
+            if g.active else g for g in guides]
 
 
 def sharded_joint(base_a: BaseModel, base_v: BaseModel, settings: SamplerSettings, *,
                   guides: Sequence[Guide], num_samples: int, batch_size: int, seed: int,
                   prompts: SetPrompts | None = None, device: str | torch.device = "cpu",
-                  timer: StepTimer | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  timer: StepTimer | None = None,
+                  progress: Callable[[int, int], None] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """``sample_joint`` with per-item seeds over this process's share of the batches; every
     process gets all samples in item order. ``timer``, when given, gets the batches' seconds
-    and passes summed over processes, and the wall-clock time of the whole call."""
+    and passes summed over processes, and the wall-clock time of the whole call;
+    ``progress(lo, hi)`` is called after each batch this process sampled."""
     seeds, start = item_seeds(seed, num_samples), time.perf_counter()
     device = dist.device(device)
 
@@ -87,10 +121,12 @@ def sharded_joint(base_a: BaseModel, base_v: BaseModel, settings: SamplerSetting
         batch_guides, cond = guides, {}
         if prompts is not None:
             cond = {"cond_a": prompts.audio[lo:hi], "cond_v": prompts.video[lo:hi]}
-            batch_guides = _bound(guides, prompts.joint[lo:hi].to(device), prompts.weights)
+            batch_guides = _bound(guides, prompts, lo, hi, device)
         batch_timer = None if timer is None else StepTimer()
         a, v = sample_joint(base_a, base_v, settings, guides=batch_guides, num_samples=hi - lo,
                             item_seeds=seeds[lo:hi], device=device, timer=batch_timer, **cond)
+        if progress is not None:
+            progress(lo, hi)
         return (a.cpu(), v.cpu()), batch_timer
 
     (a, v), timers = dist.map_batches(batch, num_samples, batch_size)

@@ -34,7 +34,8 @@ def roberta_tokenizer():
     return RobertaTokenizer(vocab=vocab, merges=[], model_max_length=MAXLEN)
 
 
-def audioldm_components(seed: int = 0) -> dict:
+def audioldm_components(seed: int = 0, text_dim: int = 32) -> dict:
+    """``text_dim``: CLAP's projection (512 in AudioLDM, what the released module takes)."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import (ClapTextConfig, ClapTextModelWithProjection, SpeechT5HifiGan,
                               SpeechT5HifiGanConfig)
@@ -44,7 +45,7 @@ def audioldm_components(seed: int = 0) -> dict:
         layers_per_block=1, norm_num_groups=8,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=(32, 64),
-        class_embed_type="simple_projection", projection_class_embeddings_input_dim=32,
+        class_embed_type="simple_projection", projection_class_embeddings_input_dim=text_dim,
         class_embeddings_concat=True)
     vae = AutoencoderKL(in_channels=1, out_channels=1, latent_channels=8,
                         block_out_channels=(8, 16, 16), norm_num_groups=8,
@@ -56,14 +57,16 @@ def audioldm_components(seed: int = 0) -> dict:
         normalize_before=False))
     text = ClapTextModelWithProjection(ClapTextConfig(
         vocab_size=300, hidden_size=32, intermediate_size=37, num_attention_heads=2,
-        num_hidden_layers=1, projection_dim=32, pad_token_id=1, bos_token_id=0, eos_token_id=2))
+        num_hidden_layers=1, projection_dim=text_dim, pad_token_id=1, bos_token_id=0,
+        eos_token_id=2))
     scheduler = DDIMScheduler(beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear",
                               clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     return {"unet": unet, "vae": vae, "vocoder": vocoder, "text_encoder": text,
             "tokenizer": roberta_tokenizer(), "scheduler": scheduler}
 
 
-def animatediff_components(seed: int = 0) -> dict:
+def animatediff_components(seed: int = 0, text_dim: int = 32) -> dict:
+    """``text_dim``: CLIP's hidden size (768 in Stable Diffusion 1.5)."""
     from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
     torch.manual_seed(seed)
@@ -71,7 +74,7 @@ def animatediff_components(seed: int = 0) -> dict:
         sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
         layers_per_block=1, norm_num_groups=8,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32)
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=text_dim)
     adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1,
                             motion_norm_num_groups=8, motion_num_attention_heads=2,
                             motion_max_seq_length=32)
@@ -79,7 +82,7 @@ def animatediff_components(seed: int = 0) -> dict:
                         norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 2,
                         up_block_types=("UpDecoderBlock2D",) * 2, scaling_factor=0.18215)
     text = CLIPTextModel(CLIPTextConfig(
-        vocab_size=100, hidden_size=32, intermediate_size=37, num_attention_heads=2,
+        vocab_size=100, hidden_size=text_dim, intermediate_size=37, num_attention_heads=2,
         num_hidden_layers=1, max_position_embeddings=MAXLEN, bos_token_id=0, eos_token_id=1,
         pad_token_id=1))
     # AnimateDiff's recommended schedule (linear betas), unlike AudioLDM's scaled_linear one

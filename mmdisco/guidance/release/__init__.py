@@ -15,6 +15,7 @@ towards 0 once ``|h| ≳ log(1/ε) ≈ 11.5`` (and is exactly 0 where float32 ``
 So ``ReleasedDiscriminator.forward`` returns ``φ``: our ``residuals(module, …) = −σ_t ∇φ`` is
 then exactly the release's residual. ``logit`` returns ``h``.
 """
+from mmdisco.guidance.release.fit import BASE_KINDS, check_bases, check_fits
 from mmdisco.guidance.release.model import (ReleasedDiscriminator, ReleasedGuide, build_released,
                                             load_released, load_state_strict)
 from mmdisco.guidance.release.settings import (CHECKPOINTS_URL, EPS, SETTINGS, ReleasedArch,
@@ -22,7 +23,7 @@ from mmdisco.guidance.release.settings import (CHECKPOINTS_URL, EPS, SETTINGS, R
                                                potential_slope, release_potential, resolve_arch,
                                                to_native, to_ours)
 
-__all__ = ["CHECKPOINTS_URL", "EPS", "SETTINGS", "ReleasedArch", "ReleasedDiscriminator",
-           "ReleasedGuide", "ReleasedSetting", "arch_from_release_config", "build_released",
-           "load_released", "load_state_strict", "potential_slope", "release_potential",
-           "resolve_arch", "to_native", "to_ours"]
+__all__ = ["BASE_KINDS", "CHECKPOINTS_URL", "EPS", "SETTINGS", "ReleasedArch",
+           "ReleasedDiscriminator", "ReleasedGuide", "ReleasedSetting", "arch_from_release_config",
+           "build_released", "check_bases", "check_fits", "load_released", "load_state_strict",
+           "potential_slope", "release_potential", "resolve_arch", "to_native", "to_ours"]
