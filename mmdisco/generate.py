@@ -133,7 +133,11 @@ def _load_base(path: Path, modality: str, params: Params, device: torch.device):
 def _text_encoder(base, record: dict, path: Path) -> Callable[[list[str]], torch.Tensor]:
     """The base's own text encoder, or the one `encode` recorded for it (the tiny bases')."""
     if hasattr(base, "encode_prompt"):
-        return lambda texts: base.encode_prompt(list(texts)).float().cpu()
+        def encode(texts: list[str]) -> torch.Tensor:
+            if list(texts) == [""] and hasattr(base, "null_embedding"):   # Auffusion: zeros
+                return base.null_embedding().float().cpu()
+            return base.encode_prompt(list(texts)).float().cpu()
+        return encode
     if record.get("kind") != HashedText.kind:
         raise ValueError(f"{path}: no text encoder for this base (text.json records "
                          f"{record or 'none'}); `dvc repro encode`")

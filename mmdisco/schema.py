@@ -182,7 +182,7 @@ class _PretrainedEncoder:
 class AudioEncoderConfig(_PretrainedEncoder):
     embedded_kind: ClassVar[str] = "logmel"
 
-    kind: str = _opt("logmel", choices=("logmel", "audioldm"),
+    kind: str = _opt("logmel", choices=("logmel", "audioldm", "auffusion"),
                      doc="frozen audio encoder: logmel (embedded default) | audioldm (AudioLDM's "
                          "mel front end + VAE, its HiFi-GAN vocoder to decode; pretrained mode)")
     n_mels: int = _opt(32, lo=4, hi=512)
@@ -291,7 +291,7 @@ class TinyBaseConfig:
                               f"every level with attention ({widths})")
 
 
-BASE_KINDS = {"audio": ("tiny", "audioldm"), "video": ("tiny", "animatediff")}
+BASE_KINDS = {"audio": ("tiny", "audioldm", "auffusion"), "video": ("tiny", "animatediff")}
 
 
 @dataclass(frozen=True)
@@ -325,7 +325,7 @@ class PretrainedBaseConfig:
 class TrainBaseConfig:
     """One base model's architecture and training schedule."""
 
-    kind: str = _opt("tiny", choices=("tiny", "audioldm", "animatediff"),
+    kind: str = _opt("tiny", choices=("tiny", "audioldm", "auffusion", "animatediff"),
                      doc="tiny: the embedded default's model (trained here); audioldm (audio) | "
                          "animatediff (video): frozen pretrained weights (base.<m>.pretrained)")
     model: TinyBaseConfig = _opt(TinyBaseConfig())

@@ -18,8 +18,8 @@ from mmdisco.bases.tiny import TinyBase, TinyBaseConfig
 def _pretrained(kind: str):
     """Loader of a pretrained kind, imported on first use (it pulls in transformers)."""
     def load(path, meta, device="auto"):
-        from mmdisco.bases.pretrained import PRETRAINED_BASES
-        return PRETRAINED_BASES[kind].load(path, meta, device=device)
+        from mmdisco.bases.pretrained import pretrained_class
+        return pretrained_class(kind).load(path, meta, device=device)
     return load
 
 
@@ -29,7 +29,7 @@ def _tiny(path, meta, device="auto"):
 
 
 LOADERS = {"tiny": _tiny, "audioldm": _pretrained("audioldm"),
-           "animatediff": _pretrained("animatediff")}
+           "animatediff": _pretrained("animatediff"), "auffusion": _pretrained("auffusion")}
 
 
 def load_base(path: str | Path, *, device: str | torch.device = "auto") -> BaseModel:

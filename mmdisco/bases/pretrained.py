@@ -428,6 +428,15 @@ class AnimateDiffBase(PretrainedBase):
 
 
 PRETRAINED_BASES = {"audioldm": AudioLDMBase, "animatediff": AnimateDiffBase}
+PRETRAINED_KINDS = (*PRETRAINED_BASES, "auffusion")
+
+
+def pretrained_class(kind: str) -> type[PretrainedBase]:
+    """The adapter class of a pretrained base kind."""
+    if kind == "auffusion":   # it builds on PretrainedBase, so it imports this module: on use
+        from mmdisco.bases.auffusion import AuffusionBase
+        return AuffusionBase
+    return PRETRAINED_BASES[kind]
 
 
 def load_text_encoder(kind: str, model: str | Path, *, device: str = "auto", dtype: str = "auto",
@@ -435,9 +444,12 @@ def load_text_encoder(kind: str, model: str | Path, *, device: str = "auto", dty
     """``embed(prompts) -> Tensor``: a pretrained base's own frozen text encoder (its
     ``text_encoder/`` and ``tokenizer/``) without its UNet; the embeddings ``eps(cond=)`` takes."""
     import transformers
-    if kind not in PRETRAINED_BASES:
+    if kind not in PRETRAINED_KINDS:
         raise ValueError(f"base kind {kind!r} has no pretrained text encoder; choose one of "
-                         f"{', '.join(PRETRAINED_BASES)}")
+                         f"{', '.join(PRETRAINED_KINDS)}")
+    if kind == "auffusion":   # its text conditioning is CLIP + an adapter (condition_config.json)
+        from mmdisco.bases.auffusion import load_text_encoder as auffusion_text
+        return auffusion_text(model, device=device, dtype=dtype, local_files_only=local_files_only)
     cls = PRETRAINED_BASES[kind]
     dev = resolve_device(device)
     enc, tok = _load_text(str(model), getattr(transformers, cls.TEXT_ENCODER),
@@ -454,13 +466,13 @@ def load_text_encoder(kind: str, model: str | Path, *, device: str = "auto", dty
 
 def from_config(cfg, latent_shape: tuple[int, ...]) -> PretrainedBase:
     """A pretrained base from ``base.<modality>`` (a ``TrainBaseConfig`` whose kind is not tiny)."""
-    if cfg.kind not in PRETRAINED_BASES:
+    if cfg.kind not in PRETRAINED_KINDS:
         raise ValueError(f"base kind {cfg.kind!r} is not pretrained; choose one of "
-                         f"{', '.join(PRETRAINED_BASES)}")
+                         f"{', '.join(PRETRAINED_KINDS)}")
     p = cfg.pretrained
     extra = {"motion_adapter": p.motion_adapter, "forward_chunking": p.forward_chunking} \
         if cfg.kind == "animatediff" else {}
-    return PRETRAINED_BASES[cfg.kind].from_pretrained(
+    return pretrained_class(cfg.kind).from_pretrained(
         p.model, latent_shape=tuple(latent_shape),
         device=p.device, dtype=p.dtype, timestep_spacing=p.timestep_spacing,
         beta_schedule=p.beta_schedule, offload=p.offload, cfg_batch=p.cfg_batch, **extra)
@@ -481,3 +493,4 @@ def prepare_pretrained_base(latents: torch.Tensor, cfg, folder: str | Path) -> d
     write_json(Path(folder) / CONFIG_FILE, meta)
     return {"steps": 0, "final_loss": float("nan"), "num_parameters": base.num_parameters(),
             "wall_s": time.perf_counter() - start, "resumed_from": 0, "kind": cfg.kind}
+

@@ -17,6 +17,7 @@ import torch
 from mmdisco.config import AudioEncoderConfig, VideoEncoderConfig
 from mmdisco.encoders.mel import LogMelEncoder
 from mmdisco.encoders.pixels import PixelEncoder
+from mmdisco.encoders.auffusion import AuffusionEncoder
 from mmdisco.encoders.pretrained import AudioLDMEncoder, SDVAEEncoder
 
 
@@ -29,7 +30,8 @@ class Encoder(Protocol):
     def state(self) -> dict[str, Any]: ...
 
 
-AUDIO_ENCODERS = {"logmel": LogMelEncoder, "audioldm": AudioLDMEncoder}   # audioldm: pretrained mode
+AUDIO_ENCODERS = {"logmel": LogMelEncoder, "audioldm": AudioLDMEncoder,
+                  "auffusion": AuffusionEncoder}   # audioldm: pretrained mode
 VIDEO_ENCODERS = {"pixels": PixelEncoder, "sd_vae": SDVAEEncoder}         # sd_vae: pretrained mode
 
 
@@ -56,10 +58,11 @@ def encoder_from_state(state: dict[str, Any], *, device: str = "auto",
     table = {**AUDIO_ENCODERS, **VIDEO_ENCODERS}
     if kind not in table:
         raise ValueError(f"stored encoder kind {kind!r} is unknown; encode the clips again")
-    if table[kind] in (AudioLDMEncoder, SDVAEEncoder):
+    if table[kind] in (AudioLDMEncoder, AuffusionEncoder, SDVAEEncoder):
         return table[kind].from_state(state, device=device, progress=progress)
     return table[kind].from_state(state)
 
 
-__all__ = ["Encoder", "LogMelEncoder", "PixelEncoder", "AudioLDMEncoder", "SDVAEEncoder", "make_audio_encoder",
+__all__ = ["Encoder", "LogMelEncoder", "PixelEncoder", "AudioLDMEncoder", "AuffusionEncoder",
+           "SDVAEEncoder", "make_audio_encoder",
            "make_video_encoder", "encoder_from_state"]

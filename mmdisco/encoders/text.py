@@ -58,6 +58,10 @@ class HashedText:
             rows.append(v / max(len(ws), 1) ** 0.5)
         return torch.stack(rows).float() if rows else torch.zeros(0, self.dim)
 
+    def null(self) -> torch.Tensor:
+        """The unconditional embedding: the empty prompt's (zero)."""
+        return self.encode([""])
+
     def describe(self) -> dict:
         return {"kind": self.kind, "dim": self.dim}
 
@@ -73,6 +77,12 @@ class PretrainedText:
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
         return self._embed(list(prompts)).float().cpu()
+
+    def null(self) -> torch.Tensor:
+        """The unconditional embedding: the base's own when it has one (Auffusion's is zeros),
+        else the empty prompt's."""
+        own = getattr(self._embed, "null", None)
+        return self.encode([""]) if own is None else own().float().cpu()
 
     def describe(self) -> dict:
         return {"kind": self.kind, "model": self.model}
@@ -94,5 +104,5 @@ def encode_prompts(prompts: list[str], encoders: dict, batch_size: int = 64) -> 
     for modality, enc in encoders.items():
         rows = [enc.encode(prompts[i:i + batch_size]) for i in range(0, len(prompts), batch_size)]
         out[modality] = {"prompts": torch.cat(rows).contiguous(),
-                         "null": enc.encode([""]).contiguous()}
+                         "null": enc.null().contiguous()}
     return out

@@ -13,9 +13,10 @@ from typing import Sequence
 
 from mmdisco.guidance.release.settings import FUSIONS, SETTINGS, ReleasedArch
 
-# the project's adapters of each setting's bases (``base.<m>.kind``); settings absent here have
-# no adapter in this project (Auffusion, VideoCrafter2, MM-Diffusion)
-BASE_KINDS = {"audioldm_animediff_vggsound": ("audioldm", "animatediff")}
+# the bases each setting was trained against (``base.<m>.kind``); the project has no
+# VideoCrafter2 adapter yet (Auffusion's is mmdisco.bases.auffusion), and MM-Diffusion is joint
+BASE_KINDS = {"audioldm_animediff_vggsound": ("audioldm", "animatediff"),
+              "auffusion_videocrafter2_vggsound": ("auffusion", "videocrafter2")}
 
 
 def _audio_steps(arch: ReleasedArch, audio_shape: Sequence[int]) -> int:
