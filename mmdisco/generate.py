@@ -130,14 +130,23 @@ def _load_base(path: Path, modality: str, params: Params, device: torch.device):
     return base
 
 
-def _text_encoder(base, record: dict, path: Path) -> Callable[[list[str]], torch.Tensor]:
+class _BaseText:
+    """A pretrained base's own prompt encoder, with ``HashedText``'s ``encode`` and ``null``."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        return self.base.encode_prompt(list(texts)).float().cpu()
+
+    def null(self) -> torch.Tensor:
+        return self.base.null_embedding().float().cpu()
+
+
+def _text_encoder(base, record: dict, path: Path) -> HashedText | _BaseText:
     """The base's own text encoder, or the one `encode` recorded for it (the tiny bases')."""
     if hasattr(base, "encode_prompt"):
-        def encode(texts: list[str]) -> torch.Tensor:
-            if list(texts) == [""] and hasattr(base, "null_embedding"):   # Auffusion: zeros
-                return base.null_embedding().float().cpu()
-            return base.encode_prompt(list(texts)).float().cpu()
-        return encode
+        return _BaseText(base)
     if record.get("kind") != HashedText.kind:
         raise ValueError(f"{path}: no text encoder for this base (text.json records "
                          f"{record or 'none'}); `dvc repro encode`")
@@ -145,7 +154,7 @@ def _text_encoder(base, record: dict, path: Path) -> Callable[[list[str]], torch
     if getattr(base, "cond_dim", encoder.dim) != encoder.dim:
         raise ValueError(f"{path} takes prompt embeddings of size {base.cond_dim}, text.json's "
                          f"encoder gives {encoder.dim}: `dvc repro` to re-encode and retrain")
-    return encoder.encode
+    return encoder
 
 
 def embed_prompts(bases: tuple, texts: list[str], per_prompt: int, text_record: dict,
@@ -154,8 +163,8 @@ def embed_prompts(bases: tuple, texts: list[str], per_prompt: int, text_record: 
     unconditional embedding); prompt ``j`` for pairs ``j·per_prompt … (j+1)·per_prompt − 1``."""
     embedded = {}
     for base, modality, path in zip(bases, ("audio", "video"), paths):
-        encode = _text_encoder(base, text_record.get(modality, {}), path)
-        embedded[modality] = (encode(texts), encode([""]))
+        encoder = _text_encoder(base, text_record.get(modality, {}), path)
+        embedded[modality] = (encoder.encode(texts), encoder.null())
         base.set_uncond(embedded[modality][1])
     prompt_of = [j for j in range(len(texts)) for _ in range(per_prompt)]
     return SetPrompts.from_embeddings(texts, prompt_of, embedded["audio"][0],

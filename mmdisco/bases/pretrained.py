@@ -197,6 +197,11 @@ class PretrainedBase(torch.nn.Module):
             enc.to("cpu", torch.float32)
         return emb.to(self.device_, self.dtype_)
 
+    def null_embedding(self) -> torch.Tensor:
+        """The unconditional (negative-prompt) embedding the base was trained with: the empty
+        prompt's (Auffusion overrides it with zeros)."""
+        return self.encode_prompt([""])
+
     def set_uncond(self, uncond: torch.Tensor) -> None:
         """Set the unconditional (negative-prompt) embedding: one row, broadcast to the batch."""
         self.uncond = uncond.detach()[:1].to(self.device_, self.dtype_)
@@ -206,7 +211,7 @@ class PretrainedBase(torch.nn.Module):
             if self.text_encoder is None:
                 raise RuntimeError(f"{self.kind} base has no unconditional embedding: load it with "
                                    f"its text encoder, or call set_uncond(embedding of '')")
-            self.set_uncond(self.encode_prompt([""]))
+            self.set_uncond(self.null_embedding())
         return self.uncond.expand(n, *self.uncond.shape[1:])
 
     def _check_cond(self, cond: torch.Tensor, n: int) -> torch.Tensor:
@@ -442,7 +447,8 @@ def pretrained_class(kind: str) -> type[PretrainedBase]:
 def load_text_encoder(kind: str, model: str | Path, *, device: str = "auto", dtype: str = "auto",
                       local_files_only: bool = False):
     """``embed(prompts) -> Tensor``: a pretrained base's own frozen text encoder (its
-    ``text_encoder/`` and ``tokenizer/``) without its UNet; the embeddings ``eps(cond=)`` takes."""
+    ``text_encoder/`` and ``tokenizer/``) without its UNet; the embeddings ``eps(cond=)`` takes.
+    ``embed.null()`` is the base's unconditional embedding (``null_embedding``)."""
     import transformers
     if kind not in PRETRAINED_KINDS:
         raise ValueError(f"base kind {kind!r} has no pretrained text encoder; choose one of "
@@ -461,6 +467,7 @@ def load_text_encoder(kind: str, model: str | Path, *, device: str = "auto", dty
                      truncation=True, return_tensors="pt")
         with torch.no_grad():
             return cls._embed(enc, tokens, dev)
+    embed.null = lambda: embed([""])   # the empty prompt; Auffusion's own is zeros
     return embed
 
 

@@ -38,7 +38,7 @@ import torchaudio
 from einops import rearrange
 from torch import nn
 
-from mmdisco.encoders.pretrained import _Frozen, _load_vae
+from mmdisco.encoders.pretrained import _load_vae, _MelVAE
 
 N_FFT = 2048                 # Auffusion's STFT size
 WIN_LENGTH = 1024            # ... and Hann window (zero-padded to N_FFT by the STFT)
@@ -293,7 +293,7 @@ def silence_latent(vae, mel: AuffusionMel, latent_frames: int, *, device: torch.
 
 
 # --------------------------------------------------------------------------- encoder
-class AuffusionEncoder(_Frozen):
+class AuffusionEncoder(_MelVAE):
     """float32 audio ``[N, L]`` ↔ Auffusion latent ``[N, C, T, M]`` (see the module docstring).
 
     ``context_mel_frames`` (e.g. 1024, Auffusion's 10.24 s): pad each mel image with the log
@@ -340,22 +340,12 @@ class AuffusionEncoder(_Frozen):
         return self.mel.normalize
 
     @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        return (int(self.vae.config.latent_channels), self.frames // self.vae_factor,
-                self.mel.n_mels // self.vae_factor)
-
-    @property
-    def seconds(self) -> float:
-        return self.frames * self.hop_length / self.model_rate
+    def n_mels(self) -> int:
+        return self.mel.n_mels
 
     def log_mel(self, clips: torch.Tensor) -> torch.Tensor:
         """Auffusion's log-mel ``[N, M, T = frames]`` of clips at the clip rate (float32, CPU)."""
-        if clips.ndim != 2:
-            raise ValueError(f"audio clips must be float [N, L], got {tuple(clips.shape)}")
-        wav = clips.float()
-        if self.sample_rate != self.model_rate:
-            wav = torchaudio.functional.resample(wav, self.sample_rate, self.model_rate)
-        mel = self.mel.log_mel(wav)[..., : self.frames]
+        mel = self.mel.log_mel(self._at_model_rate(clips))[..., : self.frames]
         return F.pad(mel, (0, self.frames - mel.shape[-1]), value=LOG_MIN)
 
     def encode(self, clips: torch.Tensor) -> torch.Tensor:

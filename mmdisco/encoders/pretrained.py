@@ -94,7 +94,31 @@ class _Frozen:
 
 
 # --------------------------------------------------------------------------- audio
-class AudioLDMEncoder(_Frozen):
+class _MelVAE(_Frozen):
+    """What the mel-spectrogram VAE encoders share (AudioLDM's, Auffusion's): ``frames`` mel
+    frames of ``n_mels`` bins at ``model_rate``, ``vae_factor`` times smaller in the latent."""
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (int(self.vae.config.latent_channels), self.frames // self.vae_factor,
+                self.n_mels // self.vae_factor)
+
+    @property
+    def seconds(self) -> float:
+        """Audio the latent covers (the clip, rounded up to whole VAE-sized frame groups)."""
+        return self.frames * self.hop_length / self.model_rate
+
+    def _at_model_rate(self, clips: torch.Tensor) -> torch.Tensor:
+        """Float clips ``[N, L]`` resampled from the clip rate to the model's."""
+        if clips.ndim != 2:
+            raise ValueError(f"audio clips must be float [N, L], got {tuple(clips.shape)}")
+        wav = clips.float()
+        if self.sample_rate != self.model_rate:
+            wav = torchaudio.functional.resample(wav, self.sample_rate, self.model_rate)
+        return wav
+
+
+class AudioLDMEncoder(_MelVAE):
     """float32 audio ``[N, L]`` ↔ AudioLDM latent ``[N, C, T, M]`` (see the module docstring)."""
 
     kind = "audioldm"
@@ -133,23 +157,9 @@ class AudioLDMEncoder(_Frozen):
             hop_length=self.hop_length, f_min=0.0, f_max=self.model_rate / 2, n_mels=self.n_mels,
             power=1.0, center=True, pad_mode="reflect", norm="slaney", mel_scale="slaney")
 
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        return (int(self.vae.config.latent_channels), self.frames // self.vae_factor,
-                self.n_mels // self.vae_factor)
-
-    @property
-    def seconds(self) -> float:
-        """Audio the latent covers (the clip, rounded up to whole VAE-sized frame groups)."""
-        return self.frames * self.hop_length / self.model_rate
-
     def log_mel(self, clips: torch.Tensor) -> torch.Tensor:
         """AudioLDM's log-mel ``[N, 1, T, M]`` of clips at the clip rate (float32, CPU)."""
-        if clips.ndim != 2:
-            raise ValueError(f"audio clips must be float [N, L], got {tuple(clips.shape)}")
-        wav = clips.float()
-        if self.sample_rate != self.model_rate:
-            wav = torchaudio.functional.resample(wav, self.sample_rate, self.model_rate)
+        wav = self._at_model_rate(clips)
         if self.normalize:
             wav = wav - wav.mean(dim=-1, keepdim=True)
             wav = wav / wav.abs().amax(dim=-1, keepdim=True).clamp_min(1e-8) * PEAK

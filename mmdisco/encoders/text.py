@@ -79,10 +79,8 @@ class PretrainedText:
         return self._embed(list(prompts)).float().cpu()
 
     def null(self) -> torch.Tensor:
-        """The unconditional embedding: the base's own when it has one (Auffusion's is zeros),
-        else the empty prompt's."""
-        own = getattr(self._embed, "null", None)
-        return self.encode([""]) if own is None else own().float().cpu()
+        """The base's own unconditional embedding (the empty prompt's; Auffusion's is zeros)."""
+        return self._embed.null().float().cpu()
 
     def describe(self) -> dict:
         return {"kind": self.kind, "model": self.model}

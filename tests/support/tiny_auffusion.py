@@ -6,13 +6,13 @@
 from __future__ import annotations
 
 import json
-import string
 from pathlib import Path
 
 import torch
 
 from mmdisco.bases.auffusion import ConditionAdapter
 from mmdisco.encoders.auffusion import HifiGanGenerator
+from support.tiny_pretrained import clip_tokenizer
 
 SR_CLIP, N_CLIP = 8000, 5120     # clips: 0.64 s at 8 kHz -> 10240 samples at 16 kHz -> 64 frames
 N_MELS = 32                      # mel bins (Auffusion: 256)
@@ -23,15 +23,6 @@ VOCODER = {"resblock": "1", "num_mels": N_MELS, "upsample_initial_channel": 16,
            "upsample_rates": [10, 16], "upsample_kernel_sizes": [20, 33],
            "resblock_kernel_sizes": [3], "resblock_dilation_sizes": [[1, 3, 5]],
            "sampling_rate": 16000}
-
-
-def clip_tokenizer():
-    from transformers import CLIPTokenizer
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in string.ascii_lowercase + string.digits:
-        vocab[ch] = len(vocab)
-        vocab[ch + "</w>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=TEXT_LEN)
 
 
 def weight_norm_state(model: torch.nn.Module, gen: torch.Generator) -> dict:
@@ -71,7 +62,7 @@ def components(seed: int = 0) -> dict:
     scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
     vocoder = HifiGanGenerator(VOCODER)
-    return {"unet": unet, "vae": vae, "text_encoder": text, "tokenizer": clip_tokenizer(),
+    return {"unet": unet, "vae": vae, "text_encoder": text, "tokenizer": clip_tokenizer(TEXT_LEN),
             "adapter": adapter, "scheduler": scheduler, "vocoder": vocoder}
 
 

@@ -15,13 +15,14 @@ W_A, W_V = 2.5, 3.0                 # the bases' own CFG weights
 
 
 # --------------------------------------------------------------------------- tiny components
-def clip_tokenizer():
+def clip_tokenizer(max_length: int = MAXLEN):
+    """A CLIP tokenizer over single characters: enough to tokenize test prompts offline."""
     from transformers import CLIPTokenizer
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for ch in string.ascii_lowercase + string.digits:
         vocab[ch] = len(vocab)
         vocab[ch + "</w>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAXLEN)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
 
 
 def roberta_tokenizer():
